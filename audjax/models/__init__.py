@@ -1,0 +1,31 @@
+"""Flax Linen modules of audjax (DESIGN §1). See `networks.py` for what each one is."""
+
+from audjax.models.networks import (
+    AUDetector,
+    BackgroundEncoder,
+    DomainDiscriminator,
+    FeatureExtractor,
+    FeatureGenerator,
+    LandmarkDiscriminator,
+    LandmarkEncoder,
+    LandmarkHead,
+    LandmarkNet,
+    Projector,
+    feature_channels,
+    spatial_softmax,
+)
+
+__all__ = [
+    "AUDetector",
+    "BackgroundEncoder",
+    "DomainDiscriminator",
+    "FeatureExtractor",
+    "FeatureGenerator",
+    "LandmarkDiscriminator",
+    "LandmarkEncoder",
+    "LandmarkHead",
+    "LandmarkNet",
+    "Projector",
+    "feature_channels",
+    "spatial_softmax",
+]

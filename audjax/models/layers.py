@@ -1,0 +1,107 @@
+"""Building blocks shared by the networks: the 3x3 conv, norms, PReLU, pooling and CBAM.
+
+Every network in DESIGN §1 is a stack of `C3 -> norm -> PReLU` steps. The helpers here give each
+layer an explicit, numbered name (`conv0`, `bn0`, `prelu0`, ...) so that parameter paths are stable
+and readable: the ADLD importer and the phase-1 -> phase-2 transplant address layers by these names.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# PyTorch's defaults, which ADLD and the paper train with (DESIGN §1 notation).
+BN_MOMENTUM = 0.9  # Flax convention: new = momentum * old + (1 - momentum) * batch
+NORM_EPS = 1e-5
+PRELU_INIT = 0.25
+
+
+def channels(base: int, width: float) -> int:
+    """Channel count of a layer that has `base` channels at the paper's size, scaled by `width`."""
+    return max(1, int(round(base * width)))
+
+
+def conv3(features: int, name: str) -> nn.Conv:
+    """C3: 3x3 conv, stride 1, padding 1, with bias."""
+    return nn.Conv(features, (3, 3), strides=1, padding=1, name=name)
+
+
+def prelu(name: str) -> nn.PReLU:
+    """PReLU with one learnable slope for the whole layer, 0.25 at init (as torch.nn.PReLU())."""
+    return nn.PReLU(negative_slope_init=PRELU_INIT, name=name)
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=NORM_EPS, name=name
+    )
+
+
+def instance_norm(x: jnp.ndarray) -> jnp.ndarray:
+    """IN without scale or bias (torch.nn.InstanceNorm2d defaults): per image and channel."""
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+    return (x - mean) * jnp.reciprocal(jnp.sqrt(var + NORM_EPS))
+
+
+def avg_pool2(x: jnp.ndarray) -> jnp.ndarray:
+    """2x2 average pooling, stride 2 (odd sizes are floored, as in PyTorch)."""
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def conv_stack(x, features, norm, train=False, last_plain=False):
+    """`len(features)` steps of C3 -> norm -> PReLU, layers named conv{i}, bn{i}, prelu{i}.
+
+    Called inside a compact method, so the layers belong to the calling module (flat names).
+    norm: "batch", "instance" or None. With `last_plain=True` the final conv has neither norm
+    nor PReLU (E_au's branches and D_l end that way).
+    """
+    n = len(features)
+    for i, f in enumerate(features):
+        x = conv3(f, f"conv{i}")(x)
+        if last_plain and i == n - 1:
+            break
+        if norm == "batch":
+            x = batch_norm(train, f"bn{i}")(x)
+        elif norm == "instance":
+            x = instance_norm(x)
+        x = prelu(f"prelu{i}")(x)
+    return x
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018), as in its official code.
+
+    Channel gate: a shared MLP (C -> C/16, ReLU, -> C) on the spatially average- and max-pooled
+    vectors, summed, sigmoid. Spatial gate: concat(max over channels, mean over channels) ->
+    7x7 conv without bias -> BN -> sigmoid.
+    """
+
+    reduction: int = 16
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c = x.shape[-1]
+        hidden = max(1, c // self.reduction)
+        mlp_in = nn.Dense(hidden, name="mlp0")
+        mlp_out = nn.Dense(c, name="mlp1")
+
+        def mlp(v):
+            return mlp_out(nn.relu(mlp_in(v)))
+
+        gate = mlp(jnp.mean(x, axis=(1, 2))) + mlp(jnp.max(x, axis=(1, 2)))
+        x = x * nn.sigmoid(gate)[:, None, None, :]
+
+        pooled = jnp.concatenate(
+            [jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
+        )
+        s = nn.Conv(1, (7, 7), padding=3, use_bias=False, name="spatial_conv")(pooled)
+        s = batch_norm(train, "spatial_bn")(s)
+        return x * nn.sigmoid(s)
+
+
+def identity_kernel_init(key, shape, dtype=jnp.float32) -> jnp.ndarray:
+    """Init for a 1x1 conv (1, 1, C_in, C_out) that starts as the identity map (C_in == C_out)."""
+    del key
+    if shape[0] != 1 or shape[1] != 1 or shape[2] != shape[3]:
+        raise ValueError(f"identity init needs a square 1x1 kernel, got {shape}")
+    return jnp.eye(shape[2], dtype=dtype)[None, None]
+

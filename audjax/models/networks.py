@@ -1,0 +1,238 @@
+"""The networks of the paper (DESIGN §1), as Flax Linen modules. NHWC throughout.
+
+Names follow the paper (Fig. 1):
+
+- `FeatureExtractor` is E_f, the shared face feature extractor, and also parts 1-2 of the
+  phase-1 landmark net: one class, so that the phase-1 variables copy into E_f one to one.
+- `LandmarkHead` is parts 3-5 + CBAM + two dense layers of the landmark net; `LandmarkNet` is the
+  whole phase-1 landmark detector (parts 1-2 followed by the head).
+- `LandmarkEncoder` is E_l (landmark-related features, as per-landmark attention maps).
+- `BackgroundEncoder` is G_b (landmark-free "background" features).
+- `FeatureGenerator` is G_st (recombines landmark attention and background into features).
+- `LandmarkDiscriminator` is D_l (looks for landmarks in background features).
+- `DomainDiscriminator` is D_d (real vs recombined features; one per domain, D_s and D_t).
+- `AUDetector` is E_au (one branch per AU, computed as one batched op).
+- `Projector` is P_i (feature alignment, §2.4 of the paper).
+
+Widths scale with `width` (1.0 = the paper). `s` = crop / 4 is the feature map size.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from audjax.landmarks import NUM_LANDMARKS
+from audjax.models.layers import (
+    CBAM,
+    avg_pool2,
+    batch_norm,
+    channels,
+    conv3,
+    conv_stack,
+    identity_kernel_init,
+    instance_norm,
+    prelu,
+)
+
+
+def feature_channels(width: float) -> int:
+    """Channels of E_f's output, which every later module reads and writes (64 in the paper)."""
+    return channels(64, width)
+
+
+class FeatureExtractor(nn.Module):
+    """E_f = parts 1-2 of the landmark net: 2x [C3 BN PReLU, C3 BN PReLU, Pool] -> (B, s, s, 64).
+
+    With `tanh=True` (E_f) the output passes through tanh, as in ADLD's base network; the landmark
+    net uses the same class with `tanh=False`. The parameters are identical either way.
+    """
+
+    width: float = 1.0
+    tanh: bool = True
+
+    @nn.compact
+    def __call__(self, image, train: bool = False):
+        c32, c64 = channels(32, self.width), channels(64, self.width)
+        x = image
+        for i, f in enumerate((c32, c32, c64, c64)):
+            x = conv3(f, f"conv{i}")(x)
+            x = batch_norm(train, f"bn{i}")(x)
+            x = prelu(f"prelu{i}")(x)
+            if i % 2 == 1:
+                x = avg_pool2(x)
+        return jnp.tanh(x) if self.tanh else x
+
+
+class LandmarkHead(nn.Module):
+    """Parts 3-5 of the landmark net, CBAM, Dense(512) PReLU, Dense(2L) -> (B, L, 2) crop pixels.
+
+    Reads parts 1-2's output before tanh. The last dense layer predicts each coordinate relative
+    to the crop centre in units of half the crop (decision: a fresh head then starts at the centre
+    with O(1) outputs); the module returns crop pixels.
+    """
+
+    width: float = 1.0
+    num_landmarks: int = NUM_LANDMARKS
+
+    @nn.compact
+    def __call__(self, features, train: bool = False):
+        crop = 4 * features.shape[1]
+        x = features
+        layer = 0
+        for base in (128, 256, 256):
+            for _ in range(2):
+                x = conv3(channels(base, self.width), f"conv{layer}")(x)
+                x = batch_norm(train, f"bn{layer}")(x)
+                x = prelu(f"prelu{layer}")(x)
+                layer += 1
+            x = avg_pool2(x)
+        x = CBAM(name="cbam")(x, train)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(channels(512, self.width), name="fc0")(x)
+        x = prelu("prelu_fc0")(x)
+        x = nn.Dense(2 * self.num_landmarks, name="fc1")(x)
+        return (crop / 2) * (1.0 + x.reshape(x.shape[0], self.num_landmarks, 2))
+
+
+class LandmarkNet(nn.Module):
+    """The phase-1 landmark detector: parts 1-2 (`parts12`), then `head`: (B,S,S,3) -> (B,L,2)."""
+
+    width: float = 1.0
+    num_landmarks: int = NUM_LANDMARKS
+
+    @nn.compact
+    def __call__(self, image, train: bool = False):
+        x = FeatureExtractor(self.width, tanh=False, name="parts12")(image, train)
+        return LandmarkHead(self.width, self.num_landmarks, name="head")(x, train)
+
+
+def spatial_softmax(logits):
+    """Softmax of each landmark's map over the s*s positions: (B,s,s,L) -> (B,s,s,L)."""
+    b, h, w, n = logits.shape
+    return jax.nn.softmax(logits.reshape(b, h * w, n), axis=1).reshape(b, h, w, n)
+
+
+class LandmarkEncoder(nn.Module):
+    """E_l: 4x [C3 IN PReLU], tanh, C3(64 -> L). Returns (attention, logits), each (B,s,s,L).
+
+    `attention` is each landmark's logits softmaxed over the positions (F_sl / F_tl of the paper).
+    """
+
+    width: float = 1.0
+    num_landmarks: int = NUM_LANDMARKS
+
+    @nn.compact
+    def __call__(self, features, train: bool = False):
+        c = feature_channels(self.width)
+        x = conv_stack(features, (c, c, c, c), "instance")
+        logits = conv3(self.num_landmarks, "conv4")(jnp.tanh(x))
+        return spatial_softmax(logits), logits
+
+
+class BackgroundEncoder(nn.Module):
+    """G_b: 4x [C3 IN PReLU], tanh -> background features (B,s,s,64) (F_sb / F_tb)."""
+
+    width: float = 1.0
+
+    @nn.compact
+    def __call__(self, features, train: bool = False):
+        c = feature_channels(self.width)
+        return jnp.tanh(conv_stack(features, (c, c, c, c), "instance"))
+
+
+class FeatureGenerator(nn.Module):
+    """G_st: concat(sum of the L attention maps, background) -> 5x [C3 IN PReLU] (128, 128, 64,
+    64, 64 channels), tanh -> features (B,s,s,64)."""
+
+    width: float = 1.0
+
+    @nn.compact
+    def __call__(self, attention, background, train: bool = False):
+        c64, c128 = feature_channels(self.width), channels(128, self.width)
+        x = jnp.concatenate([jnp.sum(attention, axis=-1, keepdims=True), background], axis=-1)
+        x = conv_stack(x, (c128, c128, c64, c64, c64), "instance")
+        return jnp.tanh(x)
+
+
+class LandmarkDiscriminator(nn.Module):
+    """D_l: 4x [C3 IN PReLU], C3(64 -> L) -> (B,s,s,L) landmark maps found in a background."""
+
+    width: float = 1.0
+    num_landmarks: int = NUM_LANDMARKS
+
+    @nn.compact
+    def __call__(self, background, train: bool = False):
+        c = feature_channels(self.width)
+        feats = (c, c, c, c, self.num_landmarks)
+        return conv_stack(background, feats, "instance", last_plain=True)
+
+
+class DomainDiscriminator(nn.Module):
+    """D_d (LSGAN): 3x [Conv4x4 s2 p1, IN, PReLU], Conv4x4 s2 p0, PReLU, Conv1x1 -> (B, 1).
+
+    Decision (DESIGN §1): the fourth conv pads by 1 when its input is under 4x4, and whatever
+    positions remain are averaged before the 1x1 conv, so every crop from 64 up works; at the
+    paper's s = 44 the map is already 1x1 there and this is ADLD's network exactly.
+    """
+
+    width: float = 1.0
+
+    @nn.compact
+    def __call__(self, features, train: bool = False):
+        c64, c128 = channels(64, self.width), channels(128, self.width)
+        x = features
+        for i, f in enumerate((c64, c64, c128)):
+            x = nn.Conv(f, (4, 4), strides=2, padding=1, name=f"conv{i}")(x)
+            x = prelu(f"prelu{i}")(instance_norm(x))
+        pad = 1 if min(x.shape[1], x.shape[2]) < 4 else 0
+        x = prelu("prelu3")(nn.Conv(c128, (4, 4), strides=2, padding=pad, name="conv3")(x))
+        x = jnp.mean(x, axis=(1, 2), keepdims=True)
+        x = nn.Conv(1, (1, 1), name="conv4")(x)
+        return x.reshape(x.shape[0], 1)
+
+
+class AUBranch(nn.Module):
+    """One AU's branch of E_au: 3x [C3 BN PReLU], C3, global average pool, Dense(1) -> (B,)."""
+
+    width: float = 1.0
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, features):
+        c = feature_channels(self.width)
+        x = conv_stack(features, (c, c, c, c), "batch", self.train, last_plain=True)
+        return nn.Dense(1, name="fc")(jnp.mean(x, axis=(1, 2)))[:, 0]
+
+
+class AUDetector(nn.Module):
+    """E_au: `num_aus` independent branches run as one batched op -> logits (B, K).
+
+    The branches' variables are stacked along a leading axis of size K (`nn.vmap`), so XLA runs
+    the six conv stacks as batched convolutions rather than six separate ones. Each branch keeps
+    its own batch-norm statistics, as six separate modules would.
+    """
+
+    width: float = 1.0
+    num_aus: int = 6
+
+    @nn.compact
+    def __call__(self, features, train: bool = False):
+        branches = nn.vmap(
+            AUBranch,
+            variable_axes={"params": 0, "batch_stats": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=1,
+            axis_size=self.num_aus,
+        )
+        return branches(self.width, train, name="branches")(features)
+
+
+class Projector(nn.Module):
+    """P_i: a 1x1 conv, initialised to the identity, applied to a reconstructed feature."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(
+            x.shape[-1], (1, 1), kernel_init=identity_kernel_init, name="conv"
+        )(x)

@@ -1,0 +1,176 @@
+"""Shapes, parameter counts and structure of the networks (DESIGN §1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from audjax import models
+
+KEY = jax.random.PRNGKey(0)
+L, K = 49, 6
+
+
+def count(variables, collection="params"):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.get(collection, {})))
+
+
+def c3(cin, cout):
+    """Parameters of a 3x3 conv with bias."""
+    return 9 * cin * cout + cout
+
+
+def bn(c):
+    """Learnable parameters of a batch norm (scale and bias)."""
+    return 2 * c
+
+
+PRELU = 1
+
+# Counts at the paper's size, worked out by hand from DESIGN §1 (also tabled in BUILD.md).
+EXPECTED = {
+    # 2 parts x 2 [C3 BN PReLU]
+    "E_f": c3(3, 32) + c3(32, 32) + c3(32, 64) + c3(64, 64) + bn(32) * 2 + bn(64) * 2 + 4 * PRELU,
+    # 4x [C3 IN PReLU], C3(64 -> L)
+    "E_l": 4 * (c3(64, 64) + PRELU) + c3(64, L),
+    "G_b": 4 * (c3(64, 64) + PRELU),
+    "G_st": c3(65, 128) + c3(128, 128) + c3(128, 64) + 2 * c3(64, 64) + 5 * PRELU,
+    "D_l": 4 * (c3(64, 64) + PRELU) + c3(64, L),
+    # three 4x4 convs with IN+PReLU, a 4x4 conv with PReLU, a 1x1 conv
+    "D_d": (16 * 64 * 64 + 64) * 2 + (16 * 64 * 128 + 128) + (16 * 128 * 128 + 128) + 4 * PRELU
+    + (128 + 1),
+    # per AU: 4x C3, 3x BN, 3x PReLU, Dense(64 -> 1)
+    "E_au": K * (4 * c3(64, 64) + 3 * bn(64) + 3 * PRELU + 65),
+}
+# Head at crop 176: parts 3-5 (128, 256, 256), CBAM on 256 channels, 5x5x256 -> 512 -> 2L.
+_HEAD_CONVS = c3(64, 128) + c3(128, 128) + c3(128, 256) + 3 * c3(256, 256)
+_HEAD_BN = 2 * bn(128) + 4 * bn(256)
+_CBAM = (256 * 16 + 16) + (16 * 256 + 256) + 7 * 7 * 2 + bn(1)
+EXPECTED["landmark_head_176"] = (
+    _HEAD_CONVS + _HEAD_BN + 6 * PRELU + _CBAM + (5 * 5 * 256 * 512 + 512) + PRELU
+    + (512 * 2 * L + 2 * L)
+)
+
+
+def features(s, c=64, b=2):
+    return jax.random.normal(KEY, (b, s, s, c))
+
+
+@pytest.mark.parametrize("crop", [176, 64])
+def test_shapes(crop):
+    s = crop // 4
+    image = jax.random.uniform(KEY, (2, crop, crop, 3), minval=-1, maxval=1)
+    f = features(s)
+    a = jax.nn.softmax(jax.random.normal(KEY, (2, s, s, L)))
+
+    def run(module, *args):
+        variables = module.init(KEY, *args)
+        return module.apply(variables, *args)
+
+    assert run(models.FeatureExtractor(), image).shape == (2, s, s, 64)
+    assert run(models.LandmarkNet(), image).shape == (2, L, 2)
+    att, logits = run(models.LandmarkEncoder(), f)
+    assert att.shape == logits.shape == (2, s, s, L)
+    assert run(models.BackgroundEncoder(), f).shape == (2, s, s, 64)
+    assert run(models.FeatureGenerator(), a, f).shape == (2, s, s, 64)
+    assert run(models.LandmarkDiscriminator(), f).shape == (2, s, s, L)
+    assert run(models.DomainDiscriminator(), f).shape == (2, 1)
+    assert run(models.AUDetector(), f).shape == (2, K)
+
+
+@pytest.mark.parametrize("crop", [64, 80, 96, 112, 128, 144, 160, 176, 192, 256])
+def test_domain_discriminator_any_crop(crop):
+    s = crop // 4
+    d = models.DomainDiscriminator(width=0.25)
+    f = features(s, c=16)
+    assert d.apply(d.init(KEY, f), f).shape == (2, 1)
+
+
+def test_parameter_counts_at_paper_size():
+    s = 44
+    f = features(s)
+    got = {
+        "E_f": count(models.FeatureExtractor().init(KEY, jnp.zeros((1, 176, 176, 3)))),
+        "E_l": count(models.LandmarkEncoder().init(KEY, f)),
+        "G_b": count(models.BackgroundEncoder().init(KEY, f)),
+        "G_st": count(models.FeatureGenerator().init(KEY, features(s, L), f)),
+        "D_l": count(models.LandmarkDiscriminator().init(KEY, f)),
+        "D_d": count(models.DomainDiscriminator().init(KEY, f)),
+        "E_au": count(models.AUDetector().init(KEY, f)),
+        "landmark_head_176": count(models.LandmarkHead().init(KEY, features(s))),
+    }
+    assert got == EXPECTED
+
+
+def test_width_scales_channels():
+    f = jnp.zeros((1, 16, 16, 16))
+    v = models.LandmarkEncoder(width=0.25).init(KEY, f)
+    assert v["params"]["conv0"]["kernel"].shape == (3, 3, 16, 16)
+    image = jnp.zeros((1, 64, 64, 3))
+    assert models.FeatureExtractor(width=0.25).apply(
+        models.FeatureExtractor(width=0.25).init(KEY, image), image).shape == (1, 16, 16, 16)
+
+
+def test_landmark_net_parts12_is_feature_extractor():
+    """E_f and parts 1-2 share class and variable names, so phase-1 variables copy one to one."""
+    image = jax.random.normal(KEY, (2, 64, 64, 3))
+    net = models.LandmarkNet(width=0.25)
+    v = net.init(KEY, image)
+    ef = models.FeatureExtractor(width=0.25)
+    sub = {"params": v["params"]["parts12"], "batch_stats": v["batch_stats"]["parts12"]}
+    assert jax.tree.structure(sub) == jax.tree.structure(ef.init(KEY, image))
+    pre = models.FeatureExtractor(width=0.25, tanh=False).apply(sub, image)
+    head = {"params": v["params"]["head"], "batch_stats": v["batch_stats"]["head"]}
+    np.testing.assert_allclose(
+        models.LandmarkHead(width=0.25).apply(head, pre), net.apply(v, image), rtol=1e-6)
+    np.testing.assert_allclose(ef.apply(sub, image), np.tanh(pre), rtol=1e-6, atol=1e-6)
+
+
+def test_attention_is_a_distribution_over_positions():
+    f = features(16)
+    m = models.LandmarkEncoder()
+    att, logits = m.apply(m.init(KEY, f), f)
+    np.testing.assert_allclose(att.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    flat = np.asarray(logits).reshape(2, -1, L)
+    ref = np.exp(flat - flat.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(att).reshape(2, -1, L), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_au_branches_batched_equal_separate():
+    """E_au's stacked branches give what six separately applied branches give, train and eval."""
+    f = features(16)
+    det = models.AUDetector(num_aus=K)
+    v = det.init(jax.random.PRNGKey(1), f)
+    # Make the branches differ in their batch statistics too.
+    v["batch_stats"] = jax.tree.map(
+        lambda x: x + jax.random.uniform(KEY, x.shape), v["batch_stats"])
+    for train in (False, True):
+        mutable = ["batch_stats"] if train else False
+        out = det.apply(v, f, train=train, mutable=mutable)
+        logits, new_stats = out if train else (out, None)
+        for k in range(K):
+            vk = {col: jax.tree.map(lambda x, k=k: x[k], v[col]["branches"]) for col in v}
+            ok = models.networks.AUBranch(train=train).apply(vk, f, mutable=mutable)
+            ok_logits, ok_stats = ok if train else (ok, None)
+            np.testing.assert_allclose(logits[:, k], ok_logits, rtol=1e-5, atol=1e-6)
+            if train:
+                got = jax.tree.map(lambda x, k=k: x[k], new_stats["batch_stats"]["branches"])
+                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ok_stats), strict=True):
+                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_projector_starts_as_identity():
+    x = features(8, c=L)
+    p = models.Projector()
+    np.testing.assert_allclose(p.apply(p.init(KEY, x), x), x, rtol=1e-6)
+
+
+def test_instance_norm_matches_numpy():
+    from audjax.models.layers import instance_norm
+
+    x = np.asarray(jax.random.normal(KEY, (2, 5, 7, 3))) * 3 + 1
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = x.var(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(instance_norm(x), (x - mean) / np.sqrt(var + 1e-5), rtol=1e-5,
+                               atol=1e-6)
