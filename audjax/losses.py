@@ -65,7 +65,7 @@ def landmark_targets(landmarks, crop: int, map_size: int, shift_to_au_centres: b
     As ADLD: scale to map coordinates, optionally shift the AU-centre points, round (half to
     even, like np.around), clip to the map.
     """
-    pts = landmarks * (map_size / crop)
+    pts = jnp.asarray(landmarks) * (map_size / crop)
     if shift_to_au_centres:
         ruler = jnp.abs(pts[:, 22, 0] - pts[:, 25, 0])
         dy = jnp.zeros(pts.shape[:2], pts.dtype)

@@ -11,6 +11,7 @@ from audjax.models.networks import (
     LandmarkHead,
     LandmarkNet,
     Projector,
+    Projectors,
     feature_channels,
     spatial_softmax,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "LandmarkHead",
     "LandmarkNet",
     "Projector",
+    "Projectors",
     "feature_channels",
     "spatial_softmax",
 ]

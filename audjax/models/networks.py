@@ -236,3 +236,14 @@ class Projector(nn.Module):
         return nn.Conv(
             x.shape[-1], (1, 1), kernel_init=identity_kernel_init, name="conv"
         )(x)
+
+
+class Projectors(nn.Module):
+    """The six P_i of L_c, one per aligned pair (DESIGN §4), keyed by the target's name."""
+
+    names: tuple[str, ...] = ("F_s", "F_t", "A_s", "B_s", "A_t", "B_t")
+
+    @nn.compact
+    def __call__(self, features: dict, train: bool = False):
+        del train  # no batch statistics; the argument keeps the calling convention uniform
+        return {n: Projector(name=n)(features[n]) for n in self.names}

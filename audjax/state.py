@@ -1,0 +1,168 @@
+"""Training state, the networks of each phase, and one optimizer per parameter group.
+
+The state holds only arrays (so a checkpoint is a plain pytree): per network its params and
+batch-norm statistics, per parameter group its optax state, and the step. The optax transforms
+and the Flax modules live outside, built from the config.
+
+Parameter groups (DESIGN §3), each with its own Adam and its own schedule:
+
+    task            E_f, E_l, E_au
+    generators      G_b, G_st, P (the projectors of L_c)
+    discriminators  D_l, D_s, D_t
+    landmark        the landmark head (joint phase) or the whole landmark net (pretrain)
+
+Separate optax states matter: the discriminators and the rest update in different sub-steps, and
+a single partitioned optimizer would still advance Adam's moments on the idle group's zeros.
+"""
+
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from audjax import models
+from audjax.config import Config
+
+GROUPS = {
+    "task": ("E_f", "E_l", "E_au"),
+    "generators": ("G_b", "G_st", "P"),
+    "discriminators": ("D_l", "D_s", "D_t"),
+    "landmark": ("landmark", "landmark_net"),
+}
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict[str, Any]
+    batch_stats: dict[str, Any]
+    opt_state: dict[str, Any]
+
+
+def network_names(config: Config, phase: str) -> tuple[str, ...]:
+    """Which networks a phase and model train."""
+    if phase == "pretrain":
+        return ("landmark_net",)
+    if config.model == "source_only":
+        return ("E_f", "E_au")
+    names = ["E_f", "E_l", "E_au", "G_b", "G_st", "D_l", "D_s", "D_t"]
+    if config.uses_transplant:
+        names.append("landmark")  # L_fl through the landmark head on top of E_f
+    if config.uses_alignment and config.projectors:
+        names.append("P")
+    return tuple(names)
+
+
+def build_networks(config: Config, num_aus: int) -> dict[str, nn.Module]:
+    """Every module audjax may use, by name; a phase uses the subset `network_names` gives."""
+    w, nl = config.width, config.num_landmarks
+    return {
+        "landmark_net": models.LandmarkNet(w, nl),
+        "E_f": models.FeatureExtractor(w, tanh=False),  # tanh applied by the caller, see steps
+        "landmark": models.LandmarkHead(w, nl),
+        "E_l": models.LandmarkEncoder(w, nl),
+        "G_b": models.BackgroundEncoder(w),
+        "G_st": models.FeatureGenerator(w),
+        "D_l": models.LandmarkDiscriminator(w, nl),
+        "D_s": models.DomainDiscriminator(w),
+        "D_t": models.DomainDiscriminator(w),
+        "E_au": models.AUDetector(w, num_aus),
+        "P": models.Projectors(),
+    }
+
+
+def _dummy_inputs(config: Config, name: str):
+    s, c, nl = config.map_size, models.feature_channels(config.width), config.num_landmarks
+    image = jnp.zeros((1, config.crop, config.crop, 3))
+    feats = jnp.zeros((1, s, s, c))
+    attention = jnp.zeros((1, s, s, nl))
+    return {
+        "landmark_net": (image,),
+        "E_f": (image,),
+        "G_st": (attention, feats),
+        "P": ({"F_s": feats, "F_t": feats, "A_s": attention, "B_s": feats, "A_t": attention,
+               "B_t": feats},),
+    }.get(name, (feats,))
+
+
+def init_variables(config: Config, nets, names, key):
+    """Fresh params and batch_stats for `names`; each network's key is folded from its name."""
+    params, batch_stats = {}, {}
+    for name in names:
+        k = jax.random.fold_in(key, _stable_id(name))
+        v = nets[name].init(k, *_dummy_inputs(config, name))
+        params[name] = v["params"]
+        if "batch_stats" in v:
+            batch_stats[name] = v["batch_stats"]
+    return params, batch_stats
+
+
+def _stable_id(name: str) -> int:
+    """A small integer from a name, the same in every process (unlike Python's hash)."""
+    return sum((i + 1) * ord(ch) for i, ch in enumerate(name))
+
+
+def lr_factors(config: Config) -> list[float]:
+    """The schedule's factor per epoch: 1 for `lr_decay_start` epochs, then lowered linearly in
+    steps of `lr_decay_every` epochs towards 0 (12 epochs from 4 every 4: 1, 2/3, 1/3)."""
+    start, every, n = config.lr_decay_start, config.lr_decay_every, config.epochs
+    stages = max(0, math.ceil((n - start) / every))
+    out = []
+    for epoch in range(n):
+        j = 0 if epoch < start else (epoch - start) // every + 1
+        out.append(1.0 - j / (stages + 1))
+    return out
+
+
+def schedule(config: Config, base_lr: float, steps_per_epoch: int, phase: str):
+    if phase == "pretrain":
+        return optax.constant_schedule(base_lr)  # the paper: lr 1e-4 for all 20 epochs
+    factors = lr_factors(config)
+    values = [base_lr * f for f in factors]
+    boundaries = [e * steps_per_epoch for e in range(1, len(values))]
+    return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
+
+
+def make_optimizers(config: Config, names, steps_per_epoch: int, phase: str):
+    """One Adam per parameter group that has networks in this phase."""
+    hyper = {
+        "task": (config.lr_task, config.b1_task, config.b2_task),
+        "generators": (config.lr_gen, config.b1_gen, config.b2_gen),
+        "discriminators": (config.lr_disc, config.b1_disc, config.b2_disc),
+        "landmark": (config.lr_landmark, 0.9, 0.999),
+    }
+    txs = {}
+    for group, members in GROUPS.items():
+        if any(m in names for m in members):
+            lr, b1, b2 = hyper[group]
+            txs[group] = optax.adam(schedule(config, lr, steps_per_epoch, phase), b1=b1, b2=b2)
+    return txs
+
+
+def group_params(params, group: str):
+    return {n: params[n] for n in GROUPS[group] if n in params}
+
+
+def create_state(config: Config, nets, names, txs, key) -> TrainState:
+    params, batch_stats = init_variables(config, nets, names, key)
+    return fresh_optimizer_state(params, batch_stats, txs)
+
+
+def fresh_optimizer_state(params, batch_stats, txs) -> TrainState:
+    """A state at step 0 with new optimizer states for the given weights."""
+    opt_state = {g: tx.init(group_params(params, g)) for g, tx in txs.items()}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=opt_state)
+
+
+def apply_group_update(state: TrainState, group: str, grads, tx) -> TrainState:
+    """One optimizer step of one group; every other group's params and state stay untouched."""
+    sub = group_params(state.params, group)
+    updates, new_opt = tx.update(grads, state.opt_state[group], sub)
+    new_sub = optax.apply_updates(sub, updates)
+    return state.replace(params={**state.params, **new_sub},
+                         opt_state={**state.opt_state, group: new_opt})

@@ -1,0 +1,290 @@
+"""Pure, jittable training and prediction steps (DESIGN §3).
+
+The joint step reads top to bottom like Fig. 1 of the paper:
+
+1. `separation_forward`: E_f on both domains, round 1 of separation (E_l, G_b) and recombination
+   (G_st), round 2 on the recombined features, and every loss term without a discriminator.
+2. `d_update`: the discriminators D_l, D_s, D_t take one step on stop-gradient inputs.
+3. `g_update`: task, generators and landmark head take one step on L_all, whose adversarial
+   terms use the *updated* discriminators.
+
+The forward pass runs once: `jax.vjp` keeps it, the discriminator step reads its (stopped)
+outputs, and the adversarial terms' gradient is pulled back through it afterwards — the same
+computation ADLD does with one PyTorch graph and `.detach()`.
+
+`jax.lax.stop_gradient` plays the role of `.detach()` and of ADLD's frozen copy of E_l.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from audjax import losses
+from audjax.config import Config
+from audjax.state import GROUPS, TrainState, apply_group_update, group_params
+
+sg = jax.lax.stop_gradient
+
+
+def apply_net(nets, name, params, batch_stats, *args, train: bool):
+    """Run network `name`; returns (output, batch_stats with its statistics updated if train)."""
+    variables = {"params": params[name]}
+    if name not in batch_stats:
+        return nets[name].apply(variables, *args, train=train), batch_stats
+    variables["batch_stats"] = batch_stats[name]
+    if not train:
+        return nets[name].apply(variables, *args, train=False), batch_stats
+    out, updated = nets[name].apply(variables, *args, train=True, mutable=["batch_stats"])
+    return out, {**batch_stats, name: updated["batch_stats"]}
+
+
+def weighted_total(config: Config, terms: dict) -> jax.Array:
+    """L_all = sum of lambda_k * L_k over the terms present (paper eq. 3)."""
+    lambdas = {"c": config.lambda_c, "l": config.lambda_l, "adl": config.lambda_adl,
+               "adf": config.lambda_adf, "au": config.lambda_au, "fl": config.lambda_fl,
+               "cyc": config.lambda_cyc, "self": config.lambda_self}
+    return sum(lambdas[k] * v for k, v in terms.items())
+
+
+def landmark_indices(config: Config, landmarks):
+    return losses.landmark_targets(landmarks, config.crop, config.map_size,
+                                   config.shift_au_centres)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: the landmark net.
+# ---------------------------------------------------------------------------------------------
+
+
+def pretrain_step(state: TrainState, batch, *, nets, txs):
+    """One Adam step of the landmark net on L_fl (source images)."""
+
+    def loss_fn(params):
+        pred, bs = apply_net(nets, "landmark_net", params, state.batch_stats, batch["image"],
+                             train=True)
+        return losses.landmark_regression_loss(pred, batch["landmarks"]), (bs, pred)
+
+    (loss, (bs, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = apply_group_update(state.replace(batch_stats=bs), "landmark",
+                               group_params(grads, "landmark"), txs["landmark"])
+    metrics = {"loss_fl": loss, "nme": jnp.mean(losses.nme(pred, batch["landmarks"]))}
+    return state.replace(step=state.step + 1), metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 2: separation, reconstruction and the two updates.
+# ---------------------------------------------------------------------------------------------
+
+
+def separation_forward(config: Config, nets, params, batch_stats, src, tgt, idx_s, idx_t,
+                       au_weights):
+    """Rounds 1 and 2 of DESIGN §3. Returns (terms, disc_inputs, batch_stats).
+
+    `terms` are the unweighted losses that need no discriminator; `disc_inputs` are the features
+    the discriminators judge. E_f, E_au and the landmark head (the modules with batch norm) run
+    on each domain as separate calls, so each call normalises with its own batch's statistics.
+    """
+    bs = batch_stats
+
+    def run(name, *args, p=params):
+        nonlocal bs
+        out, bs = apply_net(nets, name, p, bs, *args, train=True)
+        return out
+
+    # E_f. The landmark head reads the features before E_f's tanh, as in phase 1.
+    pre_s, pre_t = run("E_f", src["image"]), run("E_f", tgt["image"])
+    F_s, F_t = jnp.tanh(pre_s), jnp.tanh(pre_t)
+
+    # Round 1: separate into landmark attention (E_l) and background (G_b, on stopped input),
+    # then swap backgrounds (G_st, attention input stopped): F_sltb keeps the source's
+    # landmarks on the target's background, F_sbtl the reverse.
+    (A_s, logits_s), (A_t, logits_t) = run("E_l", F_s), run("E_l", F_t)
+    B_s, B_t = run("G_b", sg(F_s)), run("G_b", sg(F_t))
+    F_sltb, F_sbtl = run("G_st", sg(A_s), B_t), run("G_st", sg(A_t), B_s)
+
+    # Round 2 on the recombined features. E_l runs with stopped parameters (ADLD's frozen
+    # copy), so round 2 trains the generators that made its input but not E_l itself.
+    frozen = {**params, "E_l": sg(params["E_l"])}
+    A2_s, logits2_s = run("E_l", F_sltb, p=frozen)
+    A2_t, logits2_t = run("E_l", F_sbtl, p=frozen)
+    B2_t, B2_s = run("G_b", sg(F_sltb)), run("G_b", sg(F_sbtl))
+    F2_s, F2_t = run("G_st", sg(A2_s), B2_s), run("G_st", sg(A2_t), B2_t)
+
+    ce = losses.landmark_softmax_loss
+    terms = {
+        "l": 0.5 * (ce(logits_s, idx_s) + ce(logits_t, idx_t)
+                    + ce(logits2_s, idx_s) + ce(logits2_t, idx_t)),
+        # F_sltb carries the source's landmarks, so the source's AU labels.
+        "au": 0.5 * (losses.weighted_bce(run("E_au", F_s), src["au"], au_weights)
+                     + losses.weighted_bce(run("E_au", F_sltb), src["au"], au_weights)),
+    }
+    if config.uses_transplant:
+        terms["fl"] = losses.landmark_regression_loss(run("landmark", pre_s), src["landmarks"])
+    if config.uses_alignment:
+        terms["c"] = alignment_term(config, nets, params, (F2_s, F_s), (F2_t, F_t),
+                                    (A2_s, A_s), (B2_s, B_s), (A2_t, A_t), (B2_t, B_t))
+    else:
+        terms["cyc"] = 0.5 * (losses.l1_loss(F2_s, sg(F_s)) + losses.l1_loss(F2_t, sg(F_t)))
+        self_s, self_t = run("G_st", sg(A_s), B_s), run("G_st", sg(A_t), B_t)
+        terms["self"] = 0.5 * (losses.l1_loss(self_s, sg(F_s)) + losses.l1_loss(self_t, sg(F_t)))
+
+    disc_inputs = {"B_s": B_s, "B_t": B_t, "F_s": F_s, "F_t": F_t, "F_sbtl": F_sbtl,
+                   "F_sltb": F_sltb}
+    return terms, disc_inputs, bs
+
+
+def alignment_term(config: Config, nets, params, *pairs):
+    """L_c over the six (reconstruction, original) pairs, in the order of `Projectors.names`.
+
+    Attention maps sum to 1 over s*s positions; scaling them by s*s makes them O(1) like the
+    features (DESIGN §4). Projectors, when on, map each reconstruction before the L1.
+    """
+    names = ("F_s", "F_t", "A_s", "B_s", "A_t", "B_t")
+    s2 = config.map_size**2 if config.scale_attention else 1.0
+    recon, target = {}, {}
+    for name, (r, t) in zip(names, pairs, strict=True):
+        scale = s2 if name.startswith("A") else 1.0
+        recon[name], target[name] = r * scale, t * scale
+    if config.projectors:
+        recon = nets["P"].apply({"params": params["P"]}, recon)
+    return losses.alignment_loss([(recon[n], target[n]) for n in names])
+
+
+def discriminator_loss(nets, disc_params, disc_inputs, idx_s, idx_t):
+    """L_D of DESIGN §3, on stopped inputs: D_l finds landmarks in backgrounds; D_s, D_t tell
+    real features (1) from recombined ones (0). Returns (L_D, its two halves)."""
+    x = sg(disc_inputs)
+
+    def d(name, inp):
+        return nets[name].apply({"params": disc_params[name]}, inp)
+
+    ld = losses.landmark_discriminator_loss
+    d_landmark = 0.5 * (ld(d("D_l", x["B_s"]), idx_s) + ld(d("D_l", x["B_t"]), idx_t))
+    gan = losses.lsgan_loss
+    d_domain = 0.5 * (0.5 * (gan(d("D_s", x["F_s"]), 1.0) + gan(d("D_s", x["F_sbtl"]), 0.0))
+                      + 0.5 * (gan(d("D_t", x["F_t"]), 1.0) + gan(d("D_t", x["F_sltb"]), 0.0)))
+    return d_landmark + d_domain, {"d_landmark": d_landmark, "d_domain": d_domain}
+
+
+def adversarial_terms(nets, disc_params, disc_inputs):
+    """L_adl and L_adf: the generators' side of the two games. The discriminators' parameters
+    are stopped, so these terms train the generators only."""
+    p = sg(disc_params)
+
+    def d(name, inp):
+        return nets[name].apply({"params": p[name]}, inp)
+
+    adl = 0.5 * (losses.landmark_adversarial_loss(d("D_l", disc_inputs["B_s"]))
+                 + losses.landmark_adversarial_loss(d("D_l", disc_inputs["B_t"])))
+    adf = 0.5 * (losses.lsgan_loss(d("D_s", disc_inputs["F_sbtl"]), 1.0)
+                 + losses.lsgan_loss(d("D_t", disc_inputs["F_sltb"]), 1.0))
+    return {"adl": adl, "adf": adf}
+
+
+def d_update(state: TrainState, nets, tx, disc_inputs, idx_s, idx_t):
+    """One step of the discriminators; nothing else in the state changes."""
+    disc_params = group_params(state.params, "discriminators")
+    (loss, parts), grads = jax.value_and_grad(discriminator_loss, argnums=1, has_aux=True)(
+        nets, disc_params, disc_inputs, idx_s, idx_t)
+    state = apply_group_update(state, "discriminators", grads, tx)
+    return state, {"loss_d": loss, **parts}
+
+
+def g_update(state: TrainState, txs, grads):
+    """One step of each non-discriminator group on its share of the gradients of L_all."""
+    for group in ("task", "generators", "landmark"):
+        if group in txs:
+            state = apply_group_update(state, group, group_params(grads, group), txs[group])
+    return state
+
+
+def joint_step(state: TrainState, batch, *, config: Config, nets, txs, au_weights):
+    """Phase 2 (DESIGN §3): the discriminator update, then the generators + task + landmark
+    update against the updated discriminators. batch = {"source": {...}, "target": {...}}."""
+    src, tgt = batch["source"], batch["target"]
+    idx_s = landmark_indices(config, src["landmarks"])
+    idx_t = landmark_indices(config, tgt["landmarks"])
+    discs = GROUPS["discriminators"]
+    trainable = {n: p for n, p in state.params.items() if n not in discs}
+
+    def forward(tr):
+        terms, disc_inputs, bs = separation_forward(
+            config, nets, {**state.params, **tr}, state.batch_stats, src, tgt, idx_s, idx_t,
+            au_weights)
+        return (weighted_total(config, terms), disc_inputs), (terms, bs)
+
+    (_, disc_inputs), pullback, (terms, batch_stats) = jax.vjp(forward, trainable, has_aux=True)
+
+    state, d_metrics = d_update(state, nets, txs["discriminators"], disc_inputs, idx_s, idx_t)
+
+    new_discs = group_params(state.params, "discriminators")
+
+    def adversarial(x):
+        adv = adversarial_terms(nets, new_discs, x)
+        return weighted_total(config, adv), adv
+
+    (_, adv), d_inputs_grad = jax.value_and_grad(adversarial, has_aux=True)(disc_inputs)
+    (grads,) = pullback((jnp.ones(()), d_inputs_grad))
+    state = g_update(state.replace(batch_stats=batch_stats), txs, grads)
+
+    all_terms = {**terms, **adv}
+    metrics = {f"loss_{k}": v for k, v in all_terms.items()}
+    metrics["loss_total"] = weighted_total(config, all_terms)
+    metrics.update(d_metrics)
+    return state.replace(step=state.step + 1), metrics
+
+
+def source_only_step(state: TrainState, batch, *, config: Config, nets, txs, au_weights):
+    """The source-only baseline: E_f + E_au on source AU labels alone (target batch unused)."""
+    src = batch["source"]
+
+    def loss_fn(params):
+        pre, bs = apply_net(nets, "E_f", params, state.batch_stats, src["image"], train=True)
+        logits, bs = apply_net(nets, "E_au", params, bs, jnp.tanh(pre), train=True)
+        return losses.weighted_bce(logits, src["au"], au_weights), bs
+
+    (loss, bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = apply_group_update(state.replace(batch_stats=bs), "task",
+                               group_params(grads, "task"), txs["task"])
+    return state.replace(step=state.step + 1), {"loss_au": loss, "loss_total": loss}
+
+
+def make_train_step(config: Config, phase: str, nets, txs, au_weights=None):
+    """The jitted step of a phase, with the state donated: step(state, batch) -> (state, m)."""
+    if phase == "pretrain":
+        fn = functools.partial(pretrain_step, nets=nets, txs=txs)
+    else:
+        body = source_only_step if config.model == "source_only" else joint_step
+        fn = functools.partial(body, config=config, nets=nets, txs=txs,
+                               au_weights=jnp.asarray(au_weights, jnp.float32))
+    return jax.jit(fn, donate_argnums=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction (evaluation and inference).
+# ---------------------------------------------------------------------------------------------
+
+
+def predict_au(config: Config, nets, params, batch_stats, images, domain: str):
+    """AU probabilities (B, K). Source images: E_au(E_f(I)). Target images (ADLD):
+    E_au(G_st(E_l(F), G_b(F))) with F = E_f(I), i.e. the target's own landmarks recombined with
+    its background, as the AU detector saw F_sltb in training. The source-only model has no
+    G_st and reads both domains the source way."""
+
+    def run(name, *args):
+        return apply_net(nets, name, params, batch_stats, *args, train=False)[0]
+
+    feats = jnp.tanh(run("E_f", images))
+    if domain == "target" and config.model != "source_only":
+        attention, _ = run("E_l", feats)
+        feats = run("G_st", attention, run("G_b", feats))
+    return jax.nn.sigmoid(run("E_au", feats))
+
+
+def predict_landmarks(nets, params, batch_stats, images):
+    """(B, L, 2) crop-pixel landmarks from the landmark net (phase 1) or E_f + head (phase 2)."""
+    if "landmark_net" in params:
+        return apply_net(nets, "landmark_net", params, batch_stats, images, train=False)[0]
+    pre = apply_net(nets, "E_f", params, batch_stats, images, train=False)[0]
+    return apply_net(nets, "landmark", params, batch_stats, pre, train=False)[0]

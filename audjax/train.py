@@ -1,0 +1,354 @@
+"""Training and evaluation of both phases: `train_and_evaluate(config, workdir)`.
+
+Phase 1 (`pretrain`) trains the landmark net on source images with L_fl. Phase 2 (`joint`)
+trains the framework of DESIGN §3, starting from the phase-1 checkpoint (models B and C), a
+phase-2 checkpoint (fine-tuning) or from scratch (model A, source-only). `all` runs both, in
+WORKDIR/pretrain and WORKDIR/joint. Every run directory gets:
+
+    config.json        the effective configuration
+    metrics.jsonl      training and validation metrics, one JSON object per line
+    tb/                TensorBoard event files
+    checkpoints/, best/  Orbax checkpoints (see audjax.checkpoints)
+    results.json, results.md  the final evaluation (per-AU tables, landmark NME)
+
+Init order (big_vision): the workdir's own latest checkpoint (resume), then --init_from, then
+scratch — so a restarted phase-2 run resumes instead of transplanting again.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+
+from audjax import checkpoints, steps
+from audjax import state as state_lib
+from audjax.config import Config, list_prefixes
+from audjax.data import pipeline
+from audjax.data.lists import Lists, read_lists
+from audjax.evaluate import Evaluator, format_markdown, format_table
+from audjax.losses import au_weights
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("target_test", "source_test", "target_val", "source_val")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    root: str
+    lists: dict[str, Lists]
+    au_weights: np.ndarray
+
+
+def synthau_dir(config: Config) -> Path:
+    """SynthAU's cache directory for the configured size and seed."""
+    base = Path(config.synth_cache).expanduser()
+    return base / (f"img{config.synth_image_size}_train{config.synth_train}"
+                   f"_eval{config.synth_eval}_seed{config.seed}")
+
+
+def ensure_synthau(config: Config) -> Path:
+    """Generate SynthAU once into the cache; later runs reuse it."""
+    out = synthau_dir(config)
+    if (out / "synthau.json").exists():
+        return out
+    from audjax.data import synth
+
+    print(f"generating SynthAU into {out} (once; later runs reuse it)", flush=True)
+    sizes = {"source_train": config.synth_train, "target_train": config.synth_train}
+    sizes.update({f"{d}_{s}": config.synth_eval for d in ("source", "target")
+                  for s in ("val", "test")})
+    synth.generate(out, sizes=sizes, image_size=config.synth_image_size, seed=config.seed)
+    return out
+
+
+def load_data(config: Config, splits) -> Data:
+    """Read and validate the lists of `splits`; errors name the flag or file at fault."""
+    if config.data_root:
+        root = Path(config.data_root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data_root={config.data_root}: no such directory")
+    else:
+        root = ensure_synthau(config)
+    prefixes = list_prefixes(config)
+    lists = {}
+    for split in splits:
+        prefix = root / prefixes[split]
+        if not Path(f"{prefix}_path.txt").exists():
+            raise FileNotFoundError(f"--{split}={prefixes[split]}: no list {prefix}_path.txt "
+                                    f"under the data root {root}")
+        lists[split] = read_lists(prefix, data_root=root, num_landmarks=config.num_landmarks)
+        k = lists[split].au.shape[1]
+        if k != len(config.au_names):
+            raise ValueError(f"{prefix}_AUoccur.txt has {k} AU columns but --aus names "
+                             f"{len(config.au_names)}: {config.aus}")
+    if "source_train" in lists:
+        src = lists["source_train"]
+        weights = src.weights if src.weights is not None else au_weights(src.au)
+    else:
+        weights = np.ones(len(config.au_names), np.float32)
+    return Data(root=str(root), lists=lists, au_weights=weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records: progress line, metrics.jsonl, TensorBoard
+# ---------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Writes metrics to WORKDIR/metrics.jsonl and TensorBoard and prints progress lines."""
+
+    MAIN = ("loss_total", "loss_au", "loss_l", "loss_fl", "loss_c", "loss_cyc", "loss_adl",
+            "loss_adf", "loss_d", "nme")
+
+    def __init__(self, workdir: Path, phase: str, total_steps: int, steps_per_epoch: int,
+                 images_per_step: int, start_step: int):
+        self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self.tb = SummaryWriter(str(workdir / "tb"))
+        self.phase, self.total, self.spe = phase, total_steps, steps_per_epoch
+        self.images_per_step = images_per_step
+        self.mark_step, self.mark_time = start_step, time.perf_counter()
+
+    def write(self, step: int, split: str, values: dict):
+        flat = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        self.jsonl.write(json.dumps({"phase": self.phase, "split": split, "step": step,
+                                     "epoch": step / self.spe, **flat}) + "\n")
+        self.jsonl.flush()
+        for k, v in flat.items():
+            self.tb.add_scalar(f"{split}/{k}", v, step)
+        self.tb.flush()
+
+    def train_step(self, step: int, metrics: dict):
+        now = time.perf_counter()
+        rate = (step - self.mark_step) * self.images_per_step / max(now - self.mark_time, 1e-9)
+        self.mark_step, self.mark_time = step, now
+        eta = (self.total - step) * self.images_per_step / max(rate, 1e-9)
+        self.write(step, "train", {**metrics, "images_per_s": rate})
+        losses = " ".join(f"{k.removeprefix('loss_')} {metrics[k]:.4g}" for k in self.MAIN
+                          if k in metrics)
+        epoch = math.ceil(step / self.spe)
+        print(f"[{self.phase}] step {step}/{self.total} epoch {epoch} | {rate:.1f} img/s | "
+              f"ETA {_duration(eta)} | {losses}", flush=True)
+
+    def close(self):
+        self.jsonl.close()
+        self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _fetch(metrics: dict, step: int) -> dict:
+    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    bad = [k for k, v in out.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"non-finite {bad} at step {step}")
+    return out
+
+
+def _atomic_write_text(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# One phase
+# ---------------------------------------------------------------------------------------------
+
+
+def _phase_settings(config: Config, phase: str, data: Data):
+    batch = config.pretrain_batch_size if phase == "pretrain" else config.batch_size
+    epochs = config.pretrain_epochs if phase == "pretrain" else config.epochs
+    spe = config.steps_per_epoch or len(data.lists["source_train"]) // batch
+    if spe < 1:
+        raise ValueError(f"source_train has {len(data.lists['source_train'])} images, fewer "
+                         f"than one batch of {batch}")
+    total = epochs * spe
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    return batch, epochs, spe, total
+
+
+def _initial_weights(config: Config, phase: str, params, batch_stats):
+    """--init_from: transplant a pretrain run, or take every weight of a joint run."""
+    if phase != "joint" or config.model == "A" or config.model == "source_only":
+        if config.init_from and phase == "joint":
+            log.warning("--init_from is ignored by --model=%s (trained from scratch)",
+                        config.model)
+        return params, batch_stats
+    if not config.init_from:
+        raise ValueError(f"--model={config.model} starts from the phase-1 landmark net: pass "
+                         "--init_from=PRETRAIN_RUN_DIR (or use --phase=all)")
+    step_dir = checkpoints.resolve_checkpoint(config.init_from)
+    init_phase = checkpoints.read_checkpoint_config(step_dir).get("phase")
+    if init_phase == "pretrain":
+        params, batch_stats, copied = checkpoints.transplant(step_dir, params, batch_stats)
+        print(f"transplanted {len(copied)} arrays from {step_dir}:", flush=True)
+        for line in copied:
+            print("  " + line, flush=True)
+    else:
+        params, batch_stats = checkpoints.load_weights(step_dir, params, batch_stats)
+        print(f"fine-tuning from every weight of {step_dir}", flush=True)
+    return params, batch_stats
+
+
+def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
+    """Train one phase in `workdir`; returns the best validation metrics."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(workdir / "config.json", config.replace(phase=phase).to_json())
+    batch, epochs, spe, total = _phase_settings(config, phase, data)
+    num_aus = len(config.au_names)
+    nets = state_lib.build_networks(config, num_aus)
+    names = state_lib.network_names(config, phase)
+    txs = state_lib.make_optimizers(config, names, spe, phase)
+    state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(config.seed))
+
+    two_streams = phase == "joint" and config.model != "source_only"
+    iterators = {"source_iter": pipeline.train_iter(
+        data.lists["source_train"], data.root, crop=config.crop, batch_size=batch,
+        seed=pipeline.stream_seed(config.seed, "source"), workers=config.workers)}
+    if two_streams:
+        iterators["target_iter"] = pipeline.train_iter(
+            data.lists["target_train"], data.root, crop=config.crop, batch_size=batch,
+            seed=pipeline.stream_seed(config.seed, "target"), workers=config.workers)
+
+    ckpts = checkpoints.RunCheckpoints(workdir, config.keep, higher_is_better=phase != "pretrain")
+    restored = ckpts.restore_latest(state, iterators) if config.resume else None
+    if restored is not None:
+        state = restored[0]
+        print(f"[{phase}] resumed from {workdir / 'checkpoints'} at step {int(state.step)}",
+              flush=True)
+    elif ckpts.latest.latest_step() is not None:
+        raise FileExistsError(f"{workdir} already has checkpoints and --noresume was given; "
+                              "choose another --workdir")
+    else:
+        params, bs = _initial_weights(config, phase, state.params, state.batch_stats)
+        state = state_lib.fresh_optimizer_state(params, bs, txs)
+
+    step_fn = steps.make_train_step(config, phase, nets, txs, data.au_weights)
+    evaluator = Evaluator(config, nets, with_au=phase == "joint",
+                          with_landmarks="landmark_net" in names or "landmark" in names)
+    start = int(state.step)
+    recorder = Recorder(workdir, phase, total, spe, batch * (2 if two_streams else 1), start)
+    config_json = config.replace(phase=phase).to_json()
+    print(f"[{phase}] model {config.model}: {', '.join(names)}; {spe} steps/epoch, {epochs} "
+          f"epochs, {total} steps, batch {batch}, crop {config.crop}, width {config.width}",
+          flush=True)
+    try:
+        for step in range(start + 1, total + 1):
+            batch_in = {name.removesuffix("_iter"): next(it) for name, it in iterators.items()}
+            if phase == "pretrain":
+                batch_in = batch_in["source"]
+            else:
+                batch_in = {k: {f: v[f] for f in ("image", "landmarks", "au")}
+                            for k, v in batch_in.items()}
+            state, metrics = step_fn(state, batch_in)
+            if step % config.log_every == 0 or step == total:
+                recorder.train_step(step, _fetch(metrics, step))
+            end_of_epoch = step % spe == 0 or step == total
+            if end_of_epoch:
+                val = validate(config, phase, evaluator, state, data)
+                recorder.write(step, "val", val)
+                print(f"[{phase}] validation at step {step}: "
+                      + " ".join(f"{k} {v:.2f}" for k, v in val.items()), flush=True)
+                if ckpts.is_better(val["selection"]):
+                    ckpts.save_best(state, config_json, val)
+            if end_of_epoch or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                ckpts.save_latest(state, iterators, config_json, {"step": step})
+    finally:
+        ckpts.close()
+        recorder.close()
+        for it in iterators.values():
+            if hasattr(it, "close"):
+                it.close()
+    return {"best": ckpts.best_value()}
+
+
+def validate(config: Config, phase: str, evaluator: Evaluator, state, data: Data) -> dict:
+    """Phase 1: source-val NME (lower is better). Phase 2: target-val mean F1 (higher)."""
+    if phase == "pretrain":
+        r = evaluator.evaluate(state.params, state.batch_stats, data.lists["source_val"],
+                               data.root, "source")
+        return {"nme": r["nme"], "failure_rate": r["failure_rate"], "selection": r["nme"]}
+    r = evaluator.evaluate(state.params, state.batch_stats, data.lists["target_val"], data.root,
+                           "target")
+    return {"target_val_mean_f1": r["mean_f1"], "target_val_mean_acc": r["mean_acc"],
+            "selection": r["mean_f1"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Final evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -> dict:
+    """Evaluate a checkpoint's weights on the test and validation sets of both domains; write
+    results.json and results.md to `out_dir` and print the tables."""
+    step_dir = checkpoints.resolve_checkpoint(checkpoint)
+    saved = Config.from_dict(checkpoints.read_checkpoint_config(step_dir))
+    # The network comes from the checkpoint's config; data and evaluation from the current one.
+    model_config = config.replace(
+        model=saved.model, width=saved.width, crop=saved.crop, num_landmarks=saved.num_landmarks,
+        aus=saved.aus, projectors=saved.projectors)
+    phase = saved.phase
+    nets = state_lib.build_networks(model_config, len(model_config.au_names))
+    names = state_lib.network_names(model_config, phase)
+    params, bs = state_lib.init_variables(model_config, nets, names, jax.random.PRNGKey(0))
+    params, bs = checkpoints.load_weights(step_dir, params, bs)
+    evaluator = Evaluator(model_config, nets, with_au=phase != "pretrain",
+                          with_landmarks="landmark_net" in names or "landmark" in names)
+    results = {"checkpoint": str(step_dir), "model": saved.model}
+    for split in EVAL_SPLITS:
+        if split not in data.lists:
+            continue
+        domain = split.split("_")[0]
+        results[split] = evaluator.evaluate(params, bs, data.lists[split], data.root, domain)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    _atomic_write_text(out_dir / "results.md", f"# Results of {step_dir}\n\n"
+                       + format_markdown({k: v for k, v in results.items()
+                                          if isinstance(v, dict)}, model_config.au_names))
+    for split in EVAL_SPLITS:
+        r = results.get(split, {})
+        if "f1" in r:
+            print(format_table(split, r, model_config.au_names), flush=True)
+        if "nme" in r:
+            print(f"{split}: landmark NME {r['nme']:.2f}% failures {r['failure_rate']:.1f}%",
+                  flush=True)
+    return results
+
+
+def train_and_evaluate(config: Config, workdir) -> dict:
+    """Run `config.phase` in `workdir` and return the final results."""
+    config.validate()
+    workdir = Path(workdir)
+    if config.phase == "eval":
+        data = load_data(config, EVAL_SPLITS)
+        return evaluate_checkpoint(config, config.checkpoint, data, workdir)
+    if config.phase == "all":
+        data = load_data(config, ("source_train", "target_train") + EVAL_SPLITS)
+        train_phase(config, workdir / "pretrain", "pretrain", data)
+        joint = config.replace(init_from=str(workdir / "pretrain"))
+        train_phase(joint, workdir / "joint", "joint", data)
+        return evaluate_checkpoint(joint, workdir / "joint", data, workdir / "joint")
+    splits = ("source_train",) + EVAL_SPLITS if config.phase == "pretrain" else (
+        ("source_train", "target_train") + EVAL_SPLITS)
+    data = load_data(config, splits)
+    train_phase(config, workdir, config.phase, data)
+    return evaluate_checkpoint(config, workdir, data, workdir)

@@ -1,0 +1,1 @@
+"""Command-line entry points and flag files of audjax's experiments."""
