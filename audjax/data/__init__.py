@@ -1,0 +1,1 @@
+"""Data: ADLD list files, face alignment, landmark annotation, dataset preparation."""
