@@ -76,7 +76,7 @@ def _init_shapes(name: str, module: nn.Module, num_landmarks: int):
 def _torch_to_flax(kind: str, field: str, value: np.ndarray) -> np.ndarray:
     if kind == "conv" and field == "kernel":
         return np.transpose(value, (2, 3, 1, 0))  # (out, in, kh, kw) -> (kh, kw, in, out)
-    if kind == "fc" and field == "kernel":
+    if kind == "fc" and field == "fc_kernel":
         return np.transpose(value)  # (out, in) -> (in, out)
     if kind == "prelu":
         return value.reshape(())  # torch keeps a (1,) slope; Flax a scalar
@@ -106,8 +106,7 @@ def _layer_entries(name: str, num_aus: int):
             layer_prefix = f"aus_fc.{k}." if kind == "fc" else f"{base}{idx}."
             flax_layer = "fc" if kind == "fc" else f"{kind}{i}"
             for torch_field, collection, flax_field in _FIELDS[kind]:
-                path = (flax_layer, flax_field) if k is None else ("branches", flax_layer,
-                                                                   flax_field)
+                path = ((f"fc_{flax_field}",) if kind == "fc" else (flax_layer, flax_field))
                 yield layer_prefix + torch_field, kind, collection, path, k
             if kind == "bn":
                 # A counter torch keeps for momentum=None; audjax has no use for it.
@@ -128,8 +127,8 @@ def _import_one(name, state_dict, num_landmarks, num_aus):
             continue
         value = _torch_to_flax(kind, path[-1], np.asarray(state_dict[key], dtype=np.float32))
         want = _leaf(expected, collection, path).shape
-        if k is not None:
-            want = want[1:]  # au_enc: one branch's slice of the stacked variable
+        if k is not None:  # au_enc: one branch's share of the variable (see _combine_branches)
+            want = () if kind == "prelu" else want[:-1] + (want[-1] // num_aus,)
         if value.shape != tuple(want):
             raise ValueError(f"{name}: key {key!r} has shape {value.shape} after conversion, "
                              f"audjax expects {tuple(want)}")
@@ -138,13 +137,21 @@ def _import_one(name, state_dict, num_landmarks, num_aus):
         else:
             stacks.setdefault((collection, path), {})[k] = value
     for (collection, path), per_branch in stacks.items():
-        _leaf_parent(out, collection, path)[path[-1]] = np.stack(
+        _leaf_parent(out, collection, path)[path[-1]] = _combine_branches(
             [per_branch[k] for k in range(num_aus)])
     unexpected = sorted(set(state_dict) - consumed)
     if unexpected:
         raise KeyError(f"{name}: unexpected key {unexpected[0]!r} in the ADLD state dict"
                        + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
     return module, _as_arrays(out, name)
+
+
+def _combine_branches(values):
+    """E_au keeps branch k in channel group k of each variable's last axis (see
+    `audjax.models.networks.GroupedConv3`): concatenate there; scalars (PReLU slopes) stack."""
+    if values[0].ndim == 0:
+        return np.stack(values)
+    return np.concatenate(values, axis=-1)
 
 
 def _empty_like(tree):

@@ -138,7 +138,7 @@ def restore_subtrees(step_dir: Path, template: dict) -> dict:
         args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
                                     partial_restore=True),
     )
-    check_same_structure(restored, template, "checkpoint")
+    check_same_structure(restored, template, f"checkpoint {step_dir}")
     return restored
 
 

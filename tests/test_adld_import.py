@@ -91,13 +91,16 @@ def test_every_network_imports_and_values_land_in_place():
     np.testing.assert_array_equal(nets["feat_gen_disc_tgt"][1]["params"]["conv4"]["kernel"],
                                   sds["feat_gen_disc_tgt"]["layer.11.weight"].transpose(2, 3, 1, 0))
     au = nets["au_enc"][1]
-    for k in range(K):
-        np.testing.assert_array_equal(au["params"]["branches"]["conv3"]["kernel"][k],
+    for k in range(K):  # branch k is channel group k (64 channels) of each E_au layer
+        group = slice(64 * k, 64 * (k + 1))
+        np.testing.assert_array_equal(au["params"]["conv3"]["kernel"][..., group],
                                       sds["au_enc"][f"aus_feat.{k}.9.weight"].transpose(2, 3, 1, 0))
-        np.testing.assert_array_equal(au["params"]["branches"]["fc"]["kernel"][k],
-                                      sds["au_enc"][f"aus_fc.{k}.weight"].T)
-        np.testing.assert_array_equal(au["batch_stats"]["branches"]["bn2"]["mean"][k],
+        np.testing.assert_array_equal(au["params"]["fc_kernel"][:, k],
+                                      sds["au_enc"][f"aus_fc.{k}.weight"][0])
+        np.testing.assert_array_equal(au["batch_stats"]["bn2"]["mean"][group],
                                       sds["au_enc"][f"aus_feat.{k}.7.running_mean"])
+        assert au["params"]["prelu1"]["negative_slope"][k] == sds["au_enc"][
+            f"aus_feat.{k}.5.weight"][0]
 
 
 def test_imported_modules_run():

@@ -17,6 +17,8 @@ Names follow the paper (Fig. 1):
 Widths scale with `width` (1.0 = the paper). `s` = crop / 4 is the feature map size.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 from audjax.landmarks import NUM_LANDMARKS
 from audjax.models.layers import (
     CBAM,
+    PRELU_INIT,
     avg_pool2,
     batch_norm,
     channels,
@@ -191,41 +194,87 @@ class DomainDiscriminator(nn.Module):
         return x.reshape(x.shape[0], 1)
 
 
-class AUBranch(nn.Module):
-    """One AU's branch of E_au: 3x [C3 BN PReLU], C3, global average pool, Dense(1) -> (B,)."""
+class GroupedConv3(nn.Module):
+    """K independent 3x3 convs (stride 1, padding 1) on K channel groups, as one operation.
 
-    width: float = 1.0
-    train: bool = False
+    Input (B, H, W, K*C_in) holds group k in channels [k*C_in, (k+1)*C_in); kernel
+    (3, 3, C_in, K*C_out) holds group k's kernel in output channels [k*C_out, (k+1)*C_out).
+    With `shared_input` the input is (B, H, W, C_in) and every group reads all of it (one plain
+    conv with K*C_out outputs).
+
+    XLA's GPU backends run a grouped convolution as one kernel; XLA:CPU lowers it about 20x
+    slower than K plain convolutions (measured at the paper's size), so on CPU the groups are
+    computed as K plain convolutions inside the same compiled program. Variables and results
+    are the same either way (`grouped` forces one form; None picks by backend).
+    """
+
+    groups: int
+    features: int  # per group
+    shared_input: bool = False
+    grouped: bool | None = None
 
     @nn.compact
-    def __call__(self, features):
-        c = feature_channels(self.width)
-        x = conv_stack(features, (c, c, c, c), "batch", self.train, last_plain=True)
-        return nn.Dense(1, name="fc")(jnp.mean(x, axis=(1, 2)))[:, 0]
+    def __call__(self, x):
+        k = self.groups
+        cin = x.shape[-1] if self.shared_input else x.shape[-1] // k
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (3, 3, cin, k * self.features))
+        bias = self.param("bias", nn.initializers.zeros, (k * self.features,))
+        conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1),
+                                 padding=((1, 1), (1, 1)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        grouped = self.grouped if self.grouped is not None else jax.default_backend() != "cpu"
+        if self.shared_input:
+            y = conv(x, kernel)
+        elif grouped:
+            y = conv(x, kernel, feature_group_count=k)
+        else:
+            f = self.features
+            y = jnp.concatenate([conv(x[..., g * cin:(g + 1) * cin],
+                                      kernel[..., g * f:(g + 1) * f]) for g in range(k)],
+                                axis=-1)
+        return y + bias
+
+
+class GroupedPReLU(nn.Module):
+    """PReLU with one slope per channel group (per AU branch), 0.25 at init."""
+
+    groups: int
+
+    @nn.compact
+    def __call__(self, x):
+        slope = self.param("negative_slope", nn.initializers.constant(PRELU_INIT),
+                           (self.groups,))
+        per_channel = jnp.repeat(slope, x.shape[-1] // self.groups)
+        return jnp.where(x >= 0, x, per_channel * x)
 
 
 class AUDetector(nn.Module):
-    """E_au: `num_aus` independent branches run as one batched op -> logits (B, K).
+    """E_au: `num_aus` independent branches, each 3x [C3 BN PReLU], C3, global average pool,
+    Dense(64 -> 1), run as one network over K channel groups -> logits (B, K).
 
-    The branches' variables are stacked along a leading axis of size K (`nn.vmap`), so XLA runs
-    the six conv stacks as batched convolutions rather than six separate ones. Each branch keeps
-    its own batch-norm statistics, as six separate modules would.
+    Branch k owns channel group k of every layer (see `GroupedConv3`); batch norm is per
+    channel, so each branch keeps its own statistics, exactly as six separate modules would.
+    The first conv reads the shared input, so it is one plain conv with K*64 outputs.
     """
 
     width: float = 1.0
     num_aus: int = 6
+    grouped: bool | None = None
 
     @nn.compact
     def __call__(self, features, train: bool = False):
-        branches = nn.vmap(
-            AUBranch,
-            variable_axes={"params": 0, "batch_stats": 0},
-            split_rngs={"params": True},
-            in_axes=None,
-            out_axes=1,
-            axis_size=self.num_aus,
-        )
-        return branches(self.width, train, name="branches")(features)
+        k, c = self.num_aus, feature_channels(self.width)
+        x = features
+        for i in range(4):
+            x = GroupedConv3(k, c, shared_input=i == 0, grouped=self.grouped,
+                             name=f"conv{i}")(x)
+            if i < 3:
+                x = GroupedPReLU(k, name=f"prelu{i}")(batch_norm(train, f"bn{i}")(x))
+        pooled = jnp.mean(x, axis=(1, 2)).reshape(x.shape[0], k, c)
+        kernel = self.param("fc_kernel", nn.initializers.lecun_normal(), (c, k))
+        bias = self.param("fc_bias", nn.initializers.zeros, (k,))
+        return jnp.einsum("bkc,ck->bk", pooled, kernel) + bias
 
 
 class Projector(nn.Module):
