@@ -185,7 +185,7 @@ def _phase_settings(config: Config, phase: str, data: Data):
     return batch, epochs, spe, total
 
 
-def _initial_weights(config: Config, phase: str, params, batch_stats):
+def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_stats):
     """--init_from: transplant a pretrain run, or take every weight of a joint run."""
     if phase != "joint" or config.model == "A" or config.model == "source_only":
         if config.init_from and phase == "joint":
@@ -199,9 +199,10 @@ def _initial_weights(config: Config, phase: str, params, batch_stats):
     init_phase = checkpoints.read_checkpoint_config(step_dir).get("phase")
     if init_phase == "pretrain":
         params, batch_stats, copied = checkpoints.transplant(step_dir, params, batch_stats)
-        print(f"transplanted {len(copied)} arrays from {step_dir}:", flush=True)
-        for line in copied:
-            print("  " + line, flush=True)
+        _atomic_write_text(workdir / "transplant.log", "\n".join(copied) + "\n")
+        print(f"transplanted {len(copied)} arrays from {step_dir} (parts 1-2 -> E_f, parts 3-5 "
+              f"+ CBAM + dense -> landmark head; every path in {workdir / 'transplant.log'})",
+              flush=True)
     else:
         params, batch_stats = checkpoints.load_weights(step_dir, params, batch_stats)
         print(f"fine-tuning from every weight of {step_dir}", flush=True)
@@ -238,7 +239,7 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
         raise FileExistsError(f"{workdir} already has checkpoints and --noresume was given; "
                               "choose another --workdir")
     else:
-        params, bs = _initial_weights(config, phase, state.params, state.batch_stats)
+        params, bs = _initial_weights(config, phase, workdir, state.params, state.batch_stats)
         state = state_lib.fresh_optimizer_state(params, bs, txs)
 
     step_fn = steps.make_train_step(config, phase, nets, txs, data.au_weights)
