@@ -13,7 +13,6 @@ JSON. Orbax alone opens one (BUILD.md shows how).
 """
 
 import json
-import logging
 from pathlib import Path
 
 import grain
@@ -21,8 +20,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
-
-log = logging.getLogger(__name__)
 
 
 def _manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
@@ -179,7 +176,6 @@ def transplant(pretrain_dir, params: dict, batch_stats: dict):
             tree[dst] = jax.tree.map(np.asarray, restored[col]["landmark_net"][src])
             copied += [f"{col}/landmark_net/{src}/{p} -> {col}/{dst}/{p}"
                        for p, _ in _flat(tree[dst])]
-    log.info("transplanted %d arrays from %s", len(copied), step_dir)
     return params, batch_stats, copied
 
 

@@ -16,7 +16,6 @@ scratch — so a restarted phase-2 run resumes instead of transplanting again.
 """
 
 import json
-import logging
 import math
 import os
 import time
@@ -34,8 +33,6 @@ from audjax.data import pipeline
 from audjax.data.lists import Lists, read_lists
 from audjax.evaluate import Evaluator, format_markdown, format_table
 from audjax.losses import au_weights
-
-log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("target_test", "source_test", "target_val", "source_val")
 
@@ -189,8 +186,8 @@ def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_st
     """--init_from: transplant a pretrain run, or take every weight of a joint run."""
     if phase != "joint" or config.model == "A" or config.model == "source_only":
         if config.init_from and phase == "joint":
-            log.warning("--init_from is ignored by --model=%s (trained from scratch)",
-                        config.model)
+            print(f"note: --init_from is ignored by --model={config.model} (trained from "
+                  "scratch)", flush=True)
         return params, batch_stats
     if not config.init_from:
         raise ValueError(f"--model={config.model} starts from the phase-1 landmark net: pass "
