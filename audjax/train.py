@@ -57,17 +57,17 @@ def synthau_dir(config: Config) -> Path:
 
 
 def ensure_synthau(config: Config) -> Path:
-    """Generate SynthAU once into the cache; later runs reuse it."""
-    out = synthau_dir(config)
-    if (out / "synthau.json").exists():
-        return out
+    """Generate SynthAU once into the cache; later runs reuse it (regenerated only when the
+    generator's version or parameters differ from the cached set's synthau.json)."""
     from audjax.data import synth
 
-    print(f"generating SynthAU into {out} (once; later runs reuse it)", flush=True)
+    out = synthau_dir(config)
     sizes = {"source_train": config.synth_train, "target_train": config.synth_train}
     sizes.update({f"{d}_{s}": config.synth_eval for d in ("source", "target")
                   for s in ("val", "test")})
-    synth.generate(out, sizes=sizes, image_size=config.synth_image_size, seed=config.seed)
+    if synth.load_params(out) is None:
+        print(f"generating SynthAU into {out} (once; later runs reuse it)", flush=True)
+    synth.ensure(out, sizes=sizes, image_size=config.synth_image_size, seed=config.seed)
     return out
 
 
