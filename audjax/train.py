@@ -183,26 +183,28 @@ def _phase_settings(config: Config, phase: str, data: Data):
 
 
 def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_stats):
-    """--init_from: transplant a pretrain run, or take every weight of a joint run."""
-    if phase != "joint" or config.model == "A" or config.model == "source_only":
-        if config.init_from and phase == "joint":
-            print(f"note: --init_from is ignored by --model={config.model} (trained from "
-                  "scratch)", flush=True)
+    """--init_from: transplant a pretrain run (models B, C) or take every weight of a joint run
+    (fine-tuning, any model). Models A and source-only otherwise start from scratch."""
+    if phase != "joint":
         return params, batch_stats
     if not config.init_from:
-        raise ValueError(f"--model={config.model} starts from the phase-1 landmark net: pass "
-                         "--init_from=PRETRAIN_RUN_DIR (or use --phase=all)")
+        if config.uses_transplant:
+            raise ValueError(f"--model={config.model} starts from the phase-1 landmark net: pass "
+                             "--init_from=PRETRAIN_RUN_DIR (or use --phase=all)")
+        return params, batch_stats
     step_dir = checkpoints.resolve_checkpoint(config.init_from)
-    init_phase = checkpoints.read_checkpoint_config(step_dir).get("phase")
-    if init_phase == "pretrain":
+    if checkpoints.read_checkpoint_config(step_dir).get("phase") != "pretrain":
+        params, batch_stats = checkpoints.load_weights(step_dir, params, batch_stats)
+        print(f"fine-tuning from every weight of {step_dir}", flush=True)
+    elif not config.uses_transplant:
+        print(f"note: --model={config.model} trains E_f from scratch; the pretrain run "
+              f"{step_dir} is not used", flush=True)
+    else:
         params, batch_stats, copied = checkpoints.transplant(step_dir, params, batch_stats)
         _atomic_write_text(workdir / "transplant.log", "\n".join(copied) + "\n")
         print(f"transplanted {len(copied)} arrays from {step_dir} (parts 1-2 -> E_f, parts 3-5 "
               f"+ CBAM + dense -> landmark head; every path in {workdir / 'transplant.log'})",
               flush=True)
-    else:
-        params, batch_stats = checkpoints.load_weights(step_dir, params, batch_stats)
-        print(f"fine-tuning from every weight of {step_dir}", flush=True)
     return params, batch_stats
 
 

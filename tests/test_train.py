@@ -66,6 +66,20 @@ def test_all_phases_then_resume(synth_root, tmp_path):
     # The joint phase started from the phase-1 landmark net (transplant, E_f = parts 1-2).
     assert (run / "joint" / "transplant.log").read_text().count(" -> ") > 10
 
+    # Fine-tuning (--init_from a joint run) starts from every weight of its best checkpoint.
+    from audjax import state as state_lib
+    from audjax.train import _initial_weights
+
+    ft = tiny(synth_root, phase="joint", init_from=str(run / "joint"))
+    nets = state_lib.build_networks(ft, 6)
+    params, bs = state_lib.init_variables(ft, nets, state_lib.network_names(ft, "joint"),
+                                          jax_key())
+    params, bs = _initial_weights(ft, "joint", tmp_path, params, bs)
+    best_dir = checkpoints.resolve_checkpoint(run / "joint")
+    best = ocp.StandardCheckpointer().restore((best_dir / "state").absolute())
+    for a, b in zip(jax_leaves(params), jax_leaves(best["params"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
     # Resume: a second epoch continues from step 4 ...
     resumed_cfg = tiny(synth_root, phase="joint", epochs=2, init_from=str(run / "pretrain"))
     train_and_evaluate(resumed_cfg, run / "joint")
@@ -80,6 +94,12 @@ def test_all_phases_then_resume(synth_root, tmp_path):
         for a, b in zip(jax_leaves(resumed["params"][name]), jax_leaves(direct["params"][name]),
                         strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def jax_key():
+    import jax
+
+    return jax.random.PRNGKey(3)
 
 
 def jax_leaves(tree):
