@@ -9,11 +9,11 @@ a flag with the same name and default; --workdir names the run directory.
 """
 
 import dataclasses
-import logging
 import sys
 from pathlib import Path
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from audjax.config import Config
 
@@ -50,7 +50,7 @@ def _resolve_flagfiles(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)  # keep library INFO lines off the console
     config = Config(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)})
     try:
         config.validate()
