@@ -115,7 +115,9 @@ def separation_forward(config: Config, nets, params, batch_stats, src, tgt, idx_
     terms = {
         "l": 0.5 * (ce(logits_s, idx_s) + ce(logits_t, idx_t)
                     + ce(logits2_s, idx_s) + ce(logits2_t, idx_t)),
-        # F_sltb carries the source's landmarks, so the source's AU labels.
+        # F_sltb carries the source's landmarks, so the source's AU labels. (ADLD also runs
+        # E_au on F_t and F_sbtl, whose loss terms its default "weak" mode drops; those calls
+        # would only move batch-norm running averages, so they are skipped here.)
         "au": 0.5 * (losses.weighted_bce(run("E_au", F_s), src["au"], au_weights)
                      + losses.weighted_bce(run("E_au", F_sltb), src["au"], au_weights)),
     }
