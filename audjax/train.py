@@ -313,7 +313,7 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
     params, bs = checkpoints.load_weights(step_dir, params, bs)
     evaluator = Evaluator(model_config, nets, with_au=phase != "pretrain",
                           with_landmarks="landmark_net" in names or "landmark" in names)
-    results = {"checkpoint": str(step_dir), "model": saved.model}
+    results = {"checkpoint": str(step_dir), "phase": phase, "model": saved.model}
     for split in EVAL_SPLITS:
         if split not in data.lists:
             continue

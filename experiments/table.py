@@ -3,8 +3,8 @@
     python -m experiments.table runs/ablation/source_only runs/ablation/A runs/ablation/B \\
         runs/ablation/C [--split target_test]
 
-Reads RUN/results.json of each run; prints a Markdown table of per-AU F1, mean F1 and mean
-accuracy (percent).
+Reads RUN/results.json of each run; prints Markdown tables of per-AU F1 and accuracy with
+their means (percent).
 """
 
 import argparse
@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 def table(runs, split: str) -> str:
+    """Two Markdown tables (per-AU F1, then per-AU accuracy) with one row per run."""
     rows, aus = [], None
     for run in runs:
         path = Path(run) / "results.json"
@@ -25,13 +26,15 @@ def table(runs, split: str) -> str:
         r = results[split]
         aus = aus or list(r["f1"])
         rows.append((Path(run).name, results.get("model", "?"), r))
-    head = ["run", "model", *[f"F1 {a}" for a in aus], "mean F1", "mean Acc"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(aus) + 2)]
-    for name, model, r in rows:
-        cells = [name, model, *[f"{r['f1'][a]:.1f}" for a in aus], f"{r['mean_f1']:.1f}",
-                 f"{r['mean_acc']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    out = []
+    for key, label in (("f1", "F1"), ("acc", "Acc")):
+        head = ["run", "model", *[f"{label} {a}" for a in aus], f"mean {label}"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(aus) + 1)]
+        for name, model, r in rows:
+            cells = [name, model, *[f"{r[key][a]:.1f}" for a in aus], f"{r['mean_' + key]:.1f}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main():
