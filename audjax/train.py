@@ -247,7 +247,8 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
     start = int(state.step)
     recorder = Recorder(workdir, phase, total, spe, batch * (2 if two_streams else 1), start)
     config_json = config.replace(phase=phase).to_json()
-    print(f"[{phase}] model {config.model}: {', '.join(names)}; {spe} steps/epoch, {epochs} "
+    what = "landmark net" if phase == "pretrain" else f"model {config.model}"
+    print(f"[{phase}] {what}: {', '.join(names)}; {spe} steps/epoch, {epochs} "
           f"epochs, {total} steps, batch {batch}, crop {config.crop}, width {config.width}",
           flush=True)
     try:
