@@ -98,8 +98,9 @@ class RunCheckpoints:
 
 
 def _jsonable(metrics: dict) -> dict:
-    return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
-            if not isinstance(v, (str, dict, list)) else v for k, v in metrics.items()}
+    """Array scalars (numpy, jax) as floats; Python values as they are."""
+    return {k: v if isinstance(v, (str, dict, list, int, float)) else float(v)
+            for k, v in metrics.items()}
 
 
 def resolve_checkpoint(path) -> Path:

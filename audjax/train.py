@@ -17,7 +17,6 @@ scratch — so a restarted phase-2 run resumes instead of transplanting again.
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from audjax import checkpoints, steps
 from audjax import state as state_lib
 from audjax.config import Config, list_prefixes
 from audjax.data import pipeline
-from audjax.data.lists import Lists, read_lists
+from audjax.data.lists import Lists, atomic_write, read_lists
 from audjax.evaluate import Evaluator, format_markdown, format_table
 from audjax.losses import au_weights
 
@@ -158,12 +157,6 @@ def _fetch(metrics: dict, step: int) -> dict:
     return out
 
 
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # One phase
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +194,7 @@ def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_st
               f"{step_dir} is not used", flush=True)
     else:
         params, batch_stats, copied = checkpoints.transplant(step_dir, params, batch_stats)
-        _atomic_write_text(workdir / "transplant.log", "\n".join(copied) + "\n")
+        atomic_write(workdir / "transplant.log", "\n".join(copied) + "\n")
         print(f"transplanted {len(copied)} arrays from {step_dir} (parts 1-2 -> E_f, parts 3-5 "
               f"+ CBAM + dense -> landmark head; every path in {workdir / 'transplant.log'})",
               flush=True)
@@ -211,7 +204,7 @@ def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_st
 def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
     """Train one phase in `workdir`; returns the best validation metrics."""
     workdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(workdir / "config.json", config.replace(phase=phase).to_json())
+    atomic_write(workdir / "config.json", config.replace(phase=phase).to_json())
     batch, epochs, spe, total = _phase_settings(config, phase, data)
     num_aus = len(config.au_names)
     nets = state_lib.build_networks(config, num_aus)
@@ -321,8 +314,8 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
         domain = split.split("_")[0]
         results[split] = evaluator.evaluate(params, bs, data.lists[split], data.root, domain)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
-    _atomic_write_text(out_dir / "results.md", f"# Results of {step_dir}\n\n"
+    atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
+    atomic_write(out_dir / "results.md", f"# Results of {step_dir}\n\n"
                        + format_markdown({k: v for k, v in results.items()
                                           if isinstance(v, dict)}, model_config.au_names))
     for split in EVAL_SPLITS:
