@@ -68,6 +68,8 @@ class Config:
     b2_disc: float = _f(0.9, "Adam beta2 of the discriminators")
     lr_landmark: float = _f(1e-4, "Adam learning rate of the landmark net (pretrain, constant) "
                                   "and of the landmark head (joint)")
+    b1_landmark: float = _f(0.9, "Adam beta1 of the landmark group")
+    b2_landmark: float = _f(0.999, "Adam beta2 of the landmark group")
     lr_decay_start: int = _f(4, "epochs at the full learning rate")
     lr_decay_every: int = _f(4, "then lowered linearly in steps of this many epochs (12 epochs: "
                                 "factors 1, 2/3, 1/3)")

@@ -133,7 +133,7 @@ def make_optimizers(config: Config, names, steps_per_epoch: int, phase: str):
         "task": (config.lr_task, config.b1_task, config.b2_task),
         "generators": (config.lr_gen, config.b1_gen, config.b2_gen),
         "discriminators": (config.lr_disc, config.b1_disc, config.b2_disc),
-        "landmark": (config.lr_landmark, 0.9, 0.999),
+        "landmark": (config.lr_landmark, config.b1_landmark, config.b2_landmark),
     }
     txs = {}
     for group, members in GROUPS.items():
