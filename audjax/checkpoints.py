@@ -37,41 +37,37 @@ class RunCheckpoints:
         self.latest = _manager(self.workdir / "checkpoints", keep)
         self.best = _manager(self.workdir / "best", 1)
         self.higher_is_better = higher_is_better
+        self._best_value = self._read_best_value()
 
     def save_latest(self, state, iterators: dict, config_json: str, metrics: dict):
         """Save state, data positions, config and metrics at the state's step."""
-        step = int(jax.device_get(state.step))
-        args = {
-            "state": ocp.args.StandardSave(serialization.to_state_dict(state)),
-            "config": ocp.args.JsonSave(json.loads(config_json)),
-            "metrics": ocp.args.JsonSave(_jsonable(metrics)),
-        }
+        args = _items(state, config_json, metrics)
         for name, it in iterators.items():
             args[name] = grain.checkpoint.CheckpointSave(it)
-        self.latest.save(step, args=ocp.args.Composite(**args), force=True)
+        self.latest.save(_step(state), args=ocp.args.Composite(**args), force=True)
 
-    def best_value(self):
-        """The best validation metric saved so far, or None."""
+    def _read_best_value(self):
         step = self.best.latest_step()
         if step is None:
             return None
         metrics = self.best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))
         return metrics["metrics"]["selection"]
 
+    def best_value(self):
+        """The best validation metric saved so far, or None."""
+        return self._best_value
+
     def is_better(self, value: float) -> bool:
-        best = self.best_value()
+        best = self._best_value
         if best is None:
             return True
         return value > best if self.higher_is_better else value < best
 
     def save_best(self, state, config_json: str, metrics: dict):
         """Save as the new best; metrics["selection"] is the value it was chosen by."""
-        step = int(jax.device_get(state.step))
-        self.best.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-            config=ocp.args.JsonSave(json.loads(config_json)),
-            metrics=ocp.args.JsonSave(_jsonable(metrics)),
-        ), force=True)
+        self.best.save(_step(state), args=ocp.args.Composite(
+            **_items(state, config_json, metrics)), force=True)
+        self._best_value = metrics["selection"]
 
     def restore_latest(self, template_state, iterators: dict):
         """Restore the latest checkpoint into `template_state`'s structure and the iterators (in
@@ -95,6 +91,19 @@ class RunCheckpoints:
         for m in (self.latest, self.best):
             m.wait_until_finished()
             m.close()
+
+
+def _step(state) -> int:
+    return int(jax.device_get(state.step))
+
+
+def _items(state, config_json: str, metrics: dict) -> dict:
+    """The items every checkpoint holds: the state as a nested dict, the config, the metrics."""
+    return {
+        "state": ocp.args.StandardSave(serialization.to_state_dict(state)),
+        "config": ocp.args.JsonSave(json.loads(config_json)),
+        "metrics": ocp.args.JsonSave(_jsonable(metrics)),
+    }
 
 
 def _jsonable(metrics: dict) -> dict:

@@ -42,12 +42,15 @@ def au_metrics(probs, labels, au_names) -> dict:
 class Evaluator:
     """Jitted prediction functions of one run, and the loop over a list's images."""
 
-    def __init__(self, config, nets, *, with_au: bool, with_landmarks: bool):
+    def __init__(self, config, nets, names):
+        """`names`: the networks the run has; it predicts AUs when it has E_au, landmarks when it
+        has the landmark net (phase 1) or the landmark head (models B and C)."""
         self.config = config
-        self.au = {d: jax.jit(functools.partial(steps.predict_au, config, nets, domain=d))
-                   for d in ("source", "target")} if with_au else None
+        self.au = ({d: jax.jit(functools.partial(steps.predict_au, config, nets, domain=d))
+                    for d in ("source", "target")} if "E_au" in names else None)
+        has_landmarks = "landmark_net" in names or "landmark" in names
         self.landmarks = (jax.jit(functools.partial(steps.predict_landmarks, nets))
-                          if with_landmarks else None)
+                          if has_landmarks else None)
 
     def predict(self, params, batch_stats, lists, data_root, domain: str):
         """Every image of `lists` once, centre-cropped. Returns a dict of arrays over the N real

@@ -204,7 +204,8 @@ def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_st
 def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
     """Train one phase in `workdir`; returns the best validation metrics."""
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write(workdir / "config.json", config.replace(phase=phase).to_json())
+    config_json = config.replace(phase=phase).to_json()
+    atomic_write(workdir / "config.json", config_json)
     batch, epochs, spe, total = _phase_settings(config, phase, data)
     num_aus = len(config.au_names)
     nets = state_lib.build_networks(config, num_aus)
@@ -235,11 +236,9 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
         state = state_lib.fresh_optimizer_state(params, bs, txs)
 
     step_fn = steps.make_train_step(config, phase, nets, txs, data.au_weights)
-    evaluator = Evaluator(config, nets, with_au=phase == "joint",
-                          with_landmarks="landmark_net" in names or "landmark" in names)
+    evaluator = Evaluator(config, nets, names)
     start = int(state.step)
     recorder = Recorder(workdir, phase, total, spe, batch * (2 if two_streams else 1), start)
-    config_json = config.replace(phase=phase).to_json()
     what = "landmark net" if phase == "pretrain" else f"model {config.model}"
     print(f"[{phase}] {what}: {', '.join(names)}; {spe} steps/epoch, {epochs} "
           f"epochs, {total} steps, batch {batch}, crop {config.crop}, width {config.width}",
@@ -249,9 +248,6 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
             batch_in = {name.removesuffix("_iter"): next(it) for name, it in iterators.items()}
             if phase == "pretrain":
                 batch_in = batch_in["source"]
-            else:
-                batch_in = {k: {f: v[f] for f in ("image", "landmarks", "au")}
-                            for k, v in batch_in.items()}
             state, metrics = step_fn(state, batch_in)
             if step % config.log_every == 0 or step == total:
                 recorder.train_step(step, _fetch(metrics, step))
@@ -305,8 +301,7 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
     names = state_lib.network_names(model_config, phase)
     params, bs = state_lib.init_variables(model_config, nets, names, jax.random.PRNGKey(0))
     params, bs = checkpoints.load_weights(step_dir, params, bs)
-    evaluator = Evaluator(model_config, nets, with_au=phase != "pretrain",
-                          with_landmarks="landmark_net" in names or "landmark" in names)
+    evaluator = Evaluator(model_config, nets, names)
     results = {"checkpoint": str(step_dir), "phase": phase, "model": saved.model}
     for split in EVAL_SPLITS:
         if split not in data.lists:
