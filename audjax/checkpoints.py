@@ -170,10 +170,13 @@ def _flat(tree, prefix=""):
 
 def transplant(pretrain_dir, params: dict, batch_stats: dict):
     """Phase 2's start (DESIGN §5): copy the phase-1 landmark net's parts 1-2 into E_f and its
-    head (parts 3-5, CBAM, dense layers) into the landmark head, params and batch statistics.
+    head (parts 3-5, CBAM, dense layers) into the landmark head when the run has one, params and
+    batch statistics.
     Phase-1 optimizer state is not carried. Returns (params, batch_stats, copied paths)."""
     step_dir = resolve_checkpoint(pretrain_dir)
+    # The head only where the run has one (it is there for L_fl).
     mapping = {"parts12": "E_f", "head": "landmark"}
+    mapping = {src: dst for src, dst in mapping.items() if dst in params}
     template = {
         col: {"landmark_net": {src: tree[dst] for src, dst in mapping.items()}}
         for col, tree in (("params", params), ("batch_stats", batch_stats))

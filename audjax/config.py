@@ -7,10 +7,31 @@ flags. Tests build small configs directly, e.g. `Config(crop=64, width=0.25, bat
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 PHASES = ("pretrain", "joint", "all", "eval")
 MODELS = ("C", "B", "A", "source_only")
+INITS = ("torch", "flax")
+
+# The models of the paper's Table 3 as presets of the loss weights and the transplant (DESIGN §3,
+# §5). The shared weights are the paper's; ADLD's reconstruction losses replace L_c in A and B.
+_SHARED = {"lambda_l": 0.6, "lambda_adl": 400.0, "lambda_adf": 1.2, "lambda_au": 1.0}
+MODEL_PRESETS = {
+    "C": {**_SHARED, "lambda_c": 100.0, "lambda_fl": 0.1, "lambda_cyc": 0.0, "lambda_self": 0.0,
+          "transplant": True},
+    "B": {**_SHARED, "lambda_c": 0.0, "lambda_fl": 0.1, "lambda_cyc": 40.0, "lambda_self": 3.0,
+          "transplant": True},
+    "A": {**_SHARED, "lambda_c": 0.0, "lambda_fl": 0.0, "lambda_cyc": 40.0, "lambda_self": 3.0,
+          "transplant": False},
+    # E_f + E_au on source labels: every other term is off.
+    "source_only": {"lambda_c": 0.0, "lambda_l": 0.0, "lambda_adl": 0.0, "lambda_adf": 0.0,
+                    "lambda_au": 1.0, "lambda_fl": 0.0, "lambda_cyc": 0.0, "lambda_self": 0.0,
+                    "transplant": False},
+}
+PRESET_FIELDS = tuple(MODEL_PRESETS["C"])
+# What defines a trained model's networks: a checkpoint's config gives these to evaluation.
+MODEL_FIELDS = ("model", "crop", "width", "num_landmarks", "aus", "projectors", *PRESET_FIELDS)
 
 
 def _f(default, help_text):
@@ -22,9 +43,11 @@ class Config:
     # -- what to run -----------------------------------------------------------------------------
     phase: str = _f("joint", "pretrain (landmark net, L_fl), joint (DESIGN §3), all (pretrain "
                              "then joint in WORKDIR/pretrain and WORKDIR/joint) or eval")
-    model: str = _f("C", "C = paper (multitask + alignment L_c), B = ADLD losses + multitask "
+    model: str = _f("C", "a preset of the loss weights and the transplant (DESIGN §5, Table 3): "
+                         "C = the paper (multitask + alignment L_c), B = ADLD losses + multitask "
                          "(transplant, shared E_f, L_fl), A = ADLD baseline (E_f from scratch), "
-                         "source_only = E_f + E_au on source labels alone")
+                         "source_only = E_f + E_au on source labels alone. --lambda_* and "
+                         "--transplant flags given after --model override the preset")
     # -- data --------------------------------------------------------------------------------------
     data_root: str = _f("", "root of the images and lists; empty = SynthAU, generated once "
                             "into --synth_cache")
@@ -39,6 +62,8 @@ class Config:
     synth_image_size: int = _f(200, "SynthAU aligned image size (200 for crop 176)")
     synth_train: int = _f(4000, "SynthAU images in each domain's training set")
     synth_eval: int = _f(500, "SynthAU images in each validation and test set")
+    synth_seed: int = _f(0, "SynthAU's generator seed (apart from --seed, so that runs of several "
+                            "seeds share one data set)")
     aus: str = _f("AU1,AU2,AU4,AU6,AU12,AU17", "names of the AU label columns, in order")
     # -- model -------------------------------------------------------------------------------------
     crop: int = _f(176, "crop size S (a multiple of 16, >= 64); features are S/4")
@@ -73,14 +98,28 @@ class Config:
     lr_decay_start: int = _f(4, "epochs at the full learning rate")
     lr_decay_every: int = _f(4, "then lowered linearly in steps of this many epochs (12 epochs: "
                                 "factors 1, 2/3, 1/3)")
-    lambda_c: float = _f(100.0, "weight of L_c (model C)")
-    lambda_l: float = _f(0.6, "weight of L_l")
-    lambda_adl: float = _f(400.0, "weight of L_adl")
-    lambda_adf: float = _f(1.2, "weight of L_adf")
-    lambda_au: float = _f(1.0, "weight of L_au")
-    lambda_fl: float = _f(0.1, "weight of L_fl (models B and C)")
-    lambda_cyc: float = _f(40.0, "weight of ADLD's cross-cycle L1 (models A and B)")
-    lambda_self: float = _f(3.0, "weight of ADLD's self-reconstruction L1 (models A and B)")
+    # Loss weights and the transplant: None takes the value of the --model preset (MODEL_PRESETS).
+    # A loss term is computed exactly when its weight is non-zero.
+    lambda_c: float | None = _f(None, "weight of L_c, feature alignment (preset: C 100)")
+    lambda_l: float | None = _f(None, "weight of L_l, E_l's landmark maps (preset: 0.6)")
+    lambda_adl: float | None = _f(None, "weight of L_adl, landmark-free backgrounds against D_l "
+                                        "(preset: 400)")
+    lambda_adf: float | None = _f(None, "weight of L_adf, recombined features against D_s, D_t "
+                                        "(preset: 1.2)")
+    lambda_au: float | None = _f(None, "weight of L_au (preset: 1)")
+    lambda_fl: float | None = _f(None, "weight of L_fl, the landmark head on E_f (preset: B and "
+                                       "C 0.1)")
+    lambda_cyc: float | None = _f(None, "weight of ADLD's cross-cycle L1 (preset: A and B 40)")
+    lambda_self: float | None = _f(None, "weight of ADLD's self-reconstruction L1 (preset: A "
+                                         "and B 3)")
+    transplant: bool | None = _f(None, "start E_f (and the landmark head) from the phase-1 "
+                                       "landmark net (preset: B and C)")
+    init: str = _f("torch", "initialisation of fresh weights: torch (PyTorch's defaults, as ADLD: "
+                            "kaiming-uniform a=sqrt(5), bias uniform +-1/sqrt(fan_in)) or flax "
+                            "(Flax's lecun_normal kernels, zero biases)")
+    au_bn_all: bool = _f(True, "E_au runs in training mode on all four features of ADLD (F_s, F_t, "
+                               "F_sbtl, F_sltb, in that order) so that all four move its running "
+                               "statistics; --noau_bn_all runs it on the two scored ones only")
     # -- checkpoints and logging -------------------------------------------------------------------
     init_from: str = _f("", "joint: a pretrain run directory (transplant into E_f and the "
                             "landmark head) or a joint run directory (fine-tune all weights "
@@ -100,14 +139,28 @@ class Config:
     def map_size(self) -> int:
         return self.crop // 4
 
-    @property
-    def uses_transplant(self) -> bool:
-        return self.model in ("B", "C")
+    def preset(self, name: str):
+        """The effective value of a preset field: the flag when given, else the model's preset."""
+        value = getattr(self, name)
+        return MODEL_PRESETS[self.model][name] if value is None else value
 
     @property
-    def uses_alignment(self) -> bool:
-        """L_c replaces ADLD's L_cyc and L_self in model C."""
-        return self.model == "C"
+    def lambdas(self) -> dict[str, float]:
+        """The effective loss weights by term: {"c": ..., "l": ..., ..., "self": ...}."""
+        return {f.removeprefix("lambda_"): float(self.preset(f)) for f in PRESET_FIELDS
+                if f.startswith("lambda_")}
+
+    def uses(self, term: str) -> bool:
+        """Whether loss term `term` ("c", "cyc", "fl", ...) is computed: its weight is non-zero."""
+        return self.lambdas[term] != 0.0
+
+    @property
+    def uses_transplant(self) -> bool:
+        return bool(self.preset("transplant"))
+
+    def effective(self) -> "Config":
+        """This config with every preset field filled in (what config.json records)."""
+        return self.replace(**{f: self.preset(f) for f in PRESET_FIELDS})
 
     def validate(self) -> None:
         """Raise ValueError naming the flag at fault."""
@@ -127,6 +180,17 @@ class Config:
             raise ValueError("--workers, --steps_per_epoch and --max_steps must be >= 0")
         if not self.au_names:
             raise ValueError("--aus is empty")
+        if self.init not in INITS:
+            raise ValueError(f"--init={self.init!r}: expected one of {INITS}")
+        for name in PRESET_FIELDS:
+            value = self.preset(name)
+            if name.startswith("lambda_") and not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"--{name}={value}: must be a finite number >= 0")
+        if self.model == "source_only":
+            extra = [f for f in PRESET_FIELDS if f != "lambda_au" and self.preset(f)]
+            if extra:
+                raise ValueError(f"--{extra[0]}={self.preset(extra[0])} has no effect with "
+                                 "--model=source_only (E_f + E_au alone)")
         if self.phase == "eval" and not self.checkpoint:
             raise ValueError("--phase=eval needs --checkpoint=DIR")
 
@@ -134,7 +198,8 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        """The effective configuration (preset fields filled in) as JSON."""
+        return json.dumps(dataclasses.asdict(self.effective()), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":

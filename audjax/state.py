@@ -44,15 +44,21 @@ class TrainState:
 
 
 def network_names(config: Config, phase: str) -> tuple[str, ...]:
-    """Which networks a phase and model train."""
+    """Which networks a phase trains. In the joint phase a network is there exactly when a loss
+    term with a non-zero weight needs it: D_l for L_adl, D_s and D_t for L_adf, the landmark head
+    for L_fl, the projectors for L_c."""
     if phase == "pretrain":
         return ("landmark_net",)
     if config.model == "source_only":
         return ("E_f", "E_au")
-    names = ["E_f", "E_l", "E_au", "G_b", "G_st", "D_l", "D_s", "D_t"]
-    if config.uses_transplant:
+    names = ["E_f", "E_l", "E_au", "G_b", "G_st"]
+    if config.uses("adl"):
+        names.append("D_l")
+    if config.uses("adf"):
+        names += ["D_s", "D_t"]
+    if config.uses("fl"):
         names.append("landmark")  # L_fl through the landmark head on top of E_f
-    if config.uses_alignment and config.projectors:
+    if config.uses("c") and config.projectors:
         names.append("P")
     return tuple(names)
 
@@ -90,12 +96,18 @@ def _dummy_inputs(config: Config, name: str):
 
 
 def init_variables(config: Config, nets, names, key):
-    """Fresh params and batch_stats for `names`; each network's key is folded from its name."""
+    """Fresh params and batch_stats for `names`; each network's key is folded from its name.
+
+    With `config.init == "torch"` every conv and dense layer starts as PyTorch's defaults (as
+    ADLD's networks do); the projectors keep their identity start either way (DESIGN §4).
+    """
     params, batch_stats = {}, {}
     for name in names:
         k = jax.random.fold_in(key, _stable_id(name))
         v = nets[name].init(k, *_dummy_inputs(config, name))
         params[name] = v["params"]
+        if config.init == "torch" and name != "P":
+            params[name] = models.torch_default_init(params[name], jax.random.fold_in(k, 1))
         if "batch_stats" in v:
             batch_stats[name] = v["batch_stats"]
     return params, batch_stats

@@ -41,10 +41,8 @@ def apply_net(nets, name, params, batch_stats, *args, train: bool):
 
 def weighted_total(config: Config, terms: dict) -> jax.Array:
     """L_all = sum of lambda_k * L_k over the terms present (paper eq. 3)."""
-    lambdas = {"c": config.lambda_c, "l": config.lambda_l, "adl": config.lambda_adl,
-               "adf": config.lambda_adf, "au": config.lambda_au, "fl": config.lambda_fl,
-               "cyc": config.lambda_cyc, "self": config.lambda_self}
-    return sum(lambdas[k] * v for k, v in terms.items())
+    lambdas = config.lambdas
+    return sum((lambdas[k] * v for k, v in terms.items()), jnp.zeros((), jnp.float32))
 
 
 def landmark_indices(config: Config, landmarks):
@@ -81,9 +79,11 @@ def separation_forward(config: Config, nets, params, batch_stats, src, tgt, idx_
                        au_weights):
     """Rounds 1 and 2 of DESIGN §3. Returns (terms, disc_inputs, batch_stats).
 
-    `terms` are the unweighted losses that need no discriminator; `disc_inputs` are the features
-    the discriminators judge. E_f, E_au and the landmark head (the modules with batch norm) run
-    on each domain as separate calls, so each call normalises with its own batch's statistics.
+    `terms` are the unweighted losses that need no discriminator, each computed only when its
+    weight is non-zero (so the compiled step does none of a switched-off term's work);
+    `disc_inputs` are the features the discriminators judge. E_f, E_au and the landmark head (the
+    modules with batch norm) run on each domain as separate calls, so each call normalises with
+    its own batch's statistics.
     """
     bs = batch_stats
 
@@ -111,29 +111,47 @@ def separation_forward(config: Config, nets, params, batch_stats, src, tgt, idx_
     B2_t, B2_s = run("G_b", sg(F_sltb)), run("G_b", sg(F_sbtl))
     F2_s, F2_t = run("G_st", sg(A2_s), B2_s), run("G_st", sg(A2_t), B2_t)
 
-    ce = losses.landmark_softmax_loss
-    terms = {
-        "l": 0.5 * (ce(logits_s, idx_s) + ce(logits_t, idx_t)
-                    + ce(logits2_s, idx_s) + ce(logits2_t, idx_t)),
-        # F_sltb carries the source's landmarks, so the source's AU labels. (ADLD also runs
-        # E_au on F_t and F_sbtl, whose loss terms its default "weak" mode drops; those calls
-        # would only move batch-norm running averages, so they are skipped here.)
-        "au": 0.5 * (losses.weighted_bce(run("E_au", F_s), src["au"], au_weights)
-                     + losses.weighted_bce(run("E_au", F_sltb), src["au"], au_weights)),
-    }
-    if config.uses_transplant:
+    terms = {}
+    if config.uses("l"):
+        ce = losses.landmark_softmax_loss
+        terms["l"] = 0.5 * (ce(logits_s, idx_s) + ce(logits_t, idx_t)
+                            + ce(logits2_s, idx_s) + ce(logits2_t, idx_t))
+    if config.uses("au"):
+        terms["au"] = au_term(config, run, src["au"], au_weights, F_s, F_t, F_sbtl, F_sltb)
+    if config.uses("fl"):
         terms["fl"] = losses.landmark_regression_loss(run("landmark", pre_s), src["landmarks"])
-    if config.uses_alignment:
+    if config.uses("c"):
         terms["c"] = alignment_term(config, nets, params, (F2_s, F_s), (F2_t, F_t),
                                     (A2_s, A_s), (B2_s, B_s), (A2_t, A_t), (B2_t, B_t))
-    else:
+    if config.uses("cyc"):
         terms["cyc"] = 0.5 * (losses.l1_loss(F2_s, sg(F_s)) + losses.l1_loss(F2_t, sg(F_t)))
+    if config.uses("self"):
         self_s, self_t = run("G_st", sg(A_s), B_s), run("G_st", sg(A_t), B_t)
         terms["self"] = 0.5 * (losses.l1_loss(self_s, sg(F_s)) + losses.l1_loss(self_t, sg(F_t)))
 
-    disc_inputs = {"B_s": B_s, "B_t": B_t, "F_s": F_s, "F_t": F_t, "F_sbtl": F_sbtl,
-                   "F_sltb": F_sltb}
+    disc_inputs = {}
+    if config.uses("adl"):
+        disc_inputs.update(B_s=B_s, B_t=B_t)
+    if config.uses("adf"):
+        disc_inputs.update(F_s=F_s, F_t=F_t, F_sbtl=F_sbtl, F_sltb=F_sltb)
     return terms, disc_inputs, bs
+
+
+def au_term(config: Config, run, au_s, au_weights, F_s, F_t, F_sbtl, F_sltb):
+    """L_au = ½(BCE_w(E_au(F_s)) + BCE_w(E_au(F_sltb))), both against the source's labels:
+    F_sltb carries the source's landmarks (ADLD's "weak" mode).
+
+    ADLD runs E_au in training mode on all four features, in the order F_s, F_t, F_sbtl, F_sltb,
+    and scores two of them; the other two calls only move E_au's batch-norm running averages,
+    which evaluation uses. With `config.au_bn_all` they run here too, in that order, on stopped
+    inputs and with their outputs unused (XLA keeps only the statistics' work).
+    """
+    bce = losses.weighted_bce
+    source = bce(run("E_au", F_s), au_s, au_weights)
+    if config.au_bn_all:
+        run("E_au", sg(F_t))
+        run("E_au", sg(F_sbtl))
+    return 0.5 * (source + bce(run("E_au", F_sltb), au_s, au_weights))
 
 
 def alignment_term(config: Config, nets, params, *pairs):
@@ -155,33 +173,41 @@ def alignment_term(config: Config, nets, params, *pairs):
 
 def discriminator_loss(nets, disc_params, disc_inputs, idx_s, idx_t):
     """L_D of DESIGN §3, on stopped inputs: D_l finds landmarks in backgrounds; D_s, D_t tell
-    real features (1) from recombined ones (0). Returns (L_D, its two halves)."""
+    real features (1) from recombined ones (0). Only the discriminators present (those whose
+    adversarial weight is non-zero) take part. Returns (L_D, its parts)."""
     x = sg(disc_inputs)
 
     def d(name, inp):
         return nets[name].apply({"params": disc_params[name]}, inp)
 
-    ld = losses.landmark_discriminator_loss
-    d_landmark = 0.5 * (ld(d("D_l", x["B_s"]), idx_s) + ld(d("D_l", x["B_t"]), idx_t))
-    gan = losses.lsgan_loss
-    d_domain = 0.5 * (0.5 * (gan(d("D_s", x["F_s"]), 1.0) + gan(d("D_s", x["F_sbtl"]), 0.0))
-                      + 0.5 * (gan(d("D_t", x["F_t"]), 1.0) + gan(d("D_t", x["F_sltb"]), 0.0)))
-    return d_landmark + d_domain, {"d_landmark": d_landmark, "d_domain": d_domain}
+    parts = {}
+    if "D_l" in disc_params:
+        ld = losses.landmark_discriminator_loss
+        parts["d_landmark"] = 0.5 * (ld(d("D_l", x["B_s"]), idx_s) + ld(d("D_l", x["B_t"]), idx_t))
+    if "D_s" in disc_params:
+        gan = losses.lsgan_loss
+        parts["d_domain"] = 0.5 * (
+            0.5 * (gan(d("D_s", x["F_s"]), 1.0) + gan(d("D_s", x["F_sbtl"]), 0.0))
+            + 0.5 * (gan(d("D_t", x["F_t"]), 1.0) + gan(d("D_t", x["F_sltb"]), 0.0)))
+    return sum(parts.values()), parts
 
 
 def adversarial_terms(nets, disc_params, disc_inputs):
-    """L_adl and L_adf: the generators' side of the two games. The discriminators' parameters
-    are stopped, so these terms train the generators only."""
+    """L_adl and L_adf (those whose discriminators are present): the generators' side of the two
+    games. The discriminators' parameters are stopped, so these terms train the generators only."""
     p = sg(disc_params)
 
     def d(name, inp):
         return nets[name].apply({"params": p[name]}, inp)
 
-    adl = 0.5 * (losses.landmark_adversarial_loss(d("D_l", disc_inputs["B_s"]))
-                 + losses.landmark_adversarial_loss(d("D_l", disc_inputs["B_t"])))
-    adf = 0.5 * (losses.lsgan_loss(d("D_s", disc_inputs["F_sbtl"]), 1.0)
-                 + losses.lsgan_loss(d("D_t", disc_inputs["F_sltb"]), 1.0))
-    return {"adl": adl, "adf": adf}
+    terms = {}
+    if "D_l" in p:
+        terms["adl"] = 0.5 * (losses.landmark_adversarial_loss(d("D_l", disc_inputs["B_s"]))
+                              + losses.landmark_adversarial_loss(d("D_l", disc_inputs["B_t"])))
+    if "D_s" in p:
+        terms["adf"] = 0.5 * (losses.lsgan_loss(d("D_s", disc_inputs["F_sbtl"]), 1.0)
+                              + losses.lsgan_loss(d("D_t", disc_inputs["F_sltb"]), 1.0))
+    return terms
 
 
 def d_update(state: TrainState, nets, tx, disc_inputs, idx_s, idx_t):
@@ -204,6 +230,16 @@ def g_update(state: TrainState, txs, grads):
 def joint_step(state: TrainState, batch, *, config: Config, nets, txs, au_weights):
     """Phase 2 (DESIGN §3): the discriminator update, then the generators + task + landmark
     update against the updated discriminators. batch = {"source": {...}, "target": {...}}."""
+    state, grads, metrics = joint_gradients(state, batch, config=config, nets=nets, txs=txs,
+                                            au_weights=au_weights)
+    state = g_update(state, txs, grads)
+    return state.replace(step=state.step + 1), metrics
+
+
+def joint_gradients(state: TrainState, batch, *, config: Config, nets, txs, au_weights):
+    """The first part of `joint_step`: one forward pass, the discriminator update, and the
+    gradients of L_all for every other network. Returns (state with the discriminators updated
+    and the new batch statistics, those gradients, metrics)."""
     src, tgt = batch["source"], batch["target"]
     idx_s = landmark_indices(config, src["landmarks"])
     idx_t = landmark_indices(config, tgt["landmarks"])
@@ -218,8 +254,10 @@ def joint_step(state: TrainState, batch, *, config: Config, nets, txs, au_weight
 
     (_, disc_inputs), pullback, (terms, batch_stats) = jax.vjp(forward, trainable, has_aux=True)
 
-    state, d_metrics = d_update(state, nets, txs["discriminators"], disc_inputs, idx_s, idx_t)
-
+    d_metrics = {}
+    if "discriminators" in txs:
+        state, d_metrics = d_update(state, nets, txs["discriminators"], disc_inputs, idx_s,
+                                    idx_t)
     new_discs = group_params(state.params, "discriminators")
 
     def adversarial(x):
@@ -228,13 +266,12 @@ def joint_step(state: TrainState, batch, *, config: Config, nets, txs, au_weight
 
     (_, adv), d_inputs_grad = jax.value_and_grad(adversarial, has_aux=True)(disc_inputs)
     (grads,) = pullback((jnp.ones(()), d_inputs_grad))
-    state = g_update(state.replace(batch_stats=batch_stats), txs, grads)
 
     all_terms = {**terms, **adv}
     metrics = {f"loss_{k}": v for k, v in all_terms.items()}
     metrics["loss_total"] = weighted_total(config, all_terms)
     metrics.update(d_metrics)
-    return state.replace(step=state.step + 1), metrics
+    return state.replace(batch_stats=batch_stats), grads, metrics
 
 
 def source_only_step(state: TrainState, batch, *, config: Config, nets, txs, au_weights):

@@ -27,7 +27,7 @@ from tensorboardX import SummaryWriter
 
 from audjax import checkpoints, steps
 from audjax import state as state_lib
-from audjax.config import Config, list_prefixes
+from audjax.config import MODEL_FIELDS, Config, list_prefixes
 from audjax.data import pipeline
 from audjax.data.lists import Lists, atomic_write, read_lists
 from audjax.evaluate import Evaluator, format_markdown, format_table
@@ -52,7 +52,7 @@ def synthau_dir(config: Config) -> Path:
     """SynthAU's cache directory for the configured size and seed."""
     base = Path(config.synth_cache).expanduser()
     return base / (f"img{config.synth_image_size}_train{config.synth_train}"
-                   f"_eval{config.synth_eval}_seed{config.seed}")
+                   f"_eval{config.synth_eval}_seed{config.synth_seed}")
 
 
 def ensure_synthau(config: Config) -> Path:
@@ -66,7 +66,7 @@ def ensure_synthau(config: Config) -> Path:
                   for s in ("val", "test")})
     if synth.load_params(out) is None:
         print(f"generating SynthAU into {out} (once; later runs reuse it)", flush=True)
-    synth.ensure(out, sizes=sizes, image_size=config.synth_image_size, seed=config.seed)
+    synth.ensure(out, sizes=sizes, image_size=config.synth_image_size, seed=config.synth_seed)
     return out
 
 
@@ -182,22 +182,23 @@ def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_st
         return params, batch_stats
     if not config.init_from:
         if config.uses_transplant:
-            raise ValueError(f"--model={config.model} starts from the phase-1 landmark net: pass "
-                             "--init_from=PRETRAIN_RUN_DIR (or use --phase=all)")
+            raise ValueError(f"--model={config.model} (with the transplant on) starts from the "
+                             "phase-1 landmark net: pass --init_from=PRETRAIN_RUN_DIR (or use "
+                             "--phase=all, or --notransplant)")
         return params, batch_stats
     step_dir = checkpoints.resolve_checkpoint(config.init_from)
     if checkpoints.read_checkpoint_config(step_dir).get("phase") != "pretrain":
         params, batch_stats = checkpoints.load_weights(step_dir, params, batch_stats)
         print(f"fine-tuning from every weight of {step_dir}", flush=True)
     elif not config.uses_transplant:
-        print(f"note: --model={config.model} trains E_f from scratch; the pretrain run "
-              f"{step_dir} is not used", flush=True)
+        print(f"note: the transplant is off (--model={config.model}): E_f starts from scratch "
+              f"and the pretrain run {step_dir} is not used", flush=True)
     else:
         params, batch_stats, copied = checkpoints.transplant(step_dir, params, batch_stats)
         atomic_write(workdir / "transplant.log", "\n".join(copied) + "\n")
-        print(f"transplanted {len(copied)} arrays from {step_dir} (parts 1-2 -> E_f, parts 3-5 "
-              f"+ CBAM + dense -> landmark head; every path in {workdir / 'transplant.log'})",
-              flush=True)
+        head = ", parts 3-5 + CBAM + dense -> landmark head" if "landmark" in params else ""
+        print(f"transplanted {len(copied)} arrays from {step_dir} (parts 1-2 -> E_f{head}; "
+              f"every path in {workdir / 'transplant.log'})", flush=True)
     return params, batch_stats
 
 
@@ -293,9 +294,7 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
     step_dir = checkpoints.resolve_checkpoint(checkpoint)
     saved = Config.from_dict(checkpoints.read_checkpoint_config(step_dir))
     # The network comes from the checkpoint's config; data and evaluation from the current one.
-    model_config = config.replace(
-        model=saved.model, width=saved.width, crop=saved.crop, num_landmarks=saved.num_landmarks,
-        aus=saved.aus, projectors=saved.projectors)
+    model_config = config.replace(**{f: getattr(saved, f) for f in MODEL_FIELDS})
     phase = saved.phase
     nets = state_lib.build_networks(model_config, len(model_config.au_names))
     names = state_lib.network_names(model_config, phase)

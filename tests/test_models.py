@@ -207,3 +207,57 @@ def test_instance_norm_matches_numpy():
     var = x.var(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(instance_norm(x), (x - mean) / np.sqrt(var + 1e-5), rtol=1e-5,
                                atol=1e-6)
+
+
+def _kernels(tree, path=""):
+    """(path, kernel, bias or None) of every conv and dense layer in a params tree."""
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            yield from _kernels(value, f"{path}/{name}")
+        elif name == "kernel" or name.endswith("_kernel"):
+            bias = tree.get(name.removesuffix("kernel") + "bias")
+            yield f"{path}/{name}", np.asarray(value), bias
+
+
+@pytest.mark.parametrize("init", ["torch", "flax"])
+def test_initialisation_per_layer_std(init):
+    """--init=torch draws every weight from U(+-1/sqrt(fan_in)) (std 1/sqrt(3 fan_in)) and every
+    bias from the same range, as PyTorch's Conv2d and Linear do; --init=flax keeps lecun_normal
+    (std 1/sqrt(fan_in)) and zero biases. BN scales, offsets and PReLU slopes are 1, 0, 0.25."""
+    from audjax import state as state_lib
+    from audjax.config import Config
+
+    config = Config(crop=64, width=1.0, init=init)
+    nets = state_lib.build_networks(config, K)
+    names = ("E_f", "E_l", "G_b", "G_st", "D_l", "D_s", "E_au", "landmark")
+    params, batch_stats = state_lib.init_variables(config, nets, names, KEY)
+    checked = 0
+    for net in names:
+        for path, kernel, bias in _kernels(params[net]):
+            fan_in = int(np.prod(kernel.shape[:-1]))
+            bound = 1.0 / np.sqrt(fan_in)
+            want = bound / np.sqrt(3.0) if init == "torch" else bound
+            if kernel.size >= 2000:  # enough samples for a 4% test of the std
+                assert abs(kernel.std() / want - 1.0) < 0.04, (net, path, kernel.std(), want)
+                checked += 1
+            if init == "torch":
+                assert np.abs(kernel).max() <= bound, (net, path)
+            if bias is not None:
+                bias = np.asarray(bias)
+                if init == "torch":
+                    assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.3 * bound, path
+                else:
+                    assert not bias.any(), path
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params[net]):
+            key = jax.tree_util.keystr(path)
+            if "negative_slope" in key:
+                np.testing.assert_array_equal(leaf, 0.25)
+            elif "bn" in key and "scale" in key:
+                np.testing.assert_array_equal(leaf, 1.0)
+            elif "bn" in key and key.endswith("['bias']"):
+                np.testing.assert_array_equal(leaf, 0.0)
+    assert checked >= 30
+    # The unnormalised last layers start sqrt(3) times smaller under torch's init than flax's.
+    last = np.asarray(params["E_l"]["conv4"]["kernel"])
+    ratio = last.std() * np.sqrt(9 * 64)
+    assert abs(ratio - (1 / np.sqrt(3) if init == "torch" else 1.0)) < 0.04

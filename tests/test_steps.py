@@ -27,8 +27,8 @@ def batch(seed, b=2, crop=64):
 
 
 @functools.cache
-def setup(model="C"):
-    config = CONFIG.replace(model=model)
+def setup(model="C", **weights):
+    config = CONFIG.replace(model=model, **weights)
     nets = state_lib.build_networks(config, K)
     names = state_lib.network_names(config, "joint")
     txs = state_lib.make_optimizers(config, names, 10, "joint")
@@ -182,6 +182,47 @@ def test_step_compiles_once(model):
     assert len(traces) == 1
     assert int(s.step) == 3
     assert all(np.isfinite(float(v)) for v in m.values())
+
+
+@pytest.mark.parametrize("model, weights, terms, networks", [
+    ("C", {}, {"c", "l", "adl", "adf", "au", "fl"}, {"P", "landmark", "D_l", "D_s", "D_t"}),
+    ("C", {"lambda_self": 3.0}, {"c", "self", "l", "adl", "adf", "au", "fl"}, {"P", "landmark"}),
+    ("B", {"lambda_c": 100.0}, {"c", "cyc", "self", "l", "adl", "adf", "au", "fl"}, {"P"}),
+    ("A", {}, {"cyc", "self", "l", "adl", "adf", "au"}, {"D_l", "D_s", "D_t"}),
+    ("A", {"lambda_adf": 0.0, "lambda_cyc": 0.0}, {"self", "l", "adl", "au"}, {"D_l"}),
+])
+def test_terms_and_networks_follow_the_weights(model, weights, terms, networks):
+    """A term is computed exactly when its weight is non-zero, and a network is there exactly
+    when a computed term needs it."""
+    config, nets, txs, state = setup(model, **weights)
+    names = set(state.params)
+    assert networks <= names
+    assert ("P" in names) == ("c" in terms) and ("landmark" in names) == ("fl" in terms)
+    assert ("D_l" in names) == ("adl" in terms) and ("D_s" in names) == ("adf" in terms)
+    _, _, metrics = steps.joint_gradients(state, batch(6), config=config, nets=nets, txs=txs,
+                                          au_weights=jnp.ones(K))
+    assert {k.removeprefix("loss_") for k in metrics} - {"total", "d", "d_landmark",
+                                                          "d_domain"} == terms
+    assert ("d_domain" in metrics) == ("adf" in terms)
+    assert ("d_landmark" in metrics) == ("adl" in terms)
+
+
+def step_flops(model, **weights):
+    config, nets, txs, state = setup(model, **weights)
+    step = steps.make_train_step(config, "joint", nets, txs, np.ones(K))
+    cost = step.lower(state, batch(7)).cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def test_a_switched_off_term_costs_nothing():
+    """Adding L_self to C adds its two G_st passes (forward and backward) to the compiled step;
+    switching L_cyc off in B removes work; and the cross-cycle pass is shared by L_c and L_cyc."""
+    c, c_self = step_flops("C"), step_flops("C", lambda_self=3.0)
+    b, b_no_cyc = step_flops("B"), step_flops("B", lambda_cyc=0.0)
+    assert c_self > c and b_no_cyc < b
+    # Without L_cyc, L_c and L_l's round-two terms nothing reads round two's G_st outputs.
+    no_round2 = step_flops("B", lambda_cyc=0.0, lambda_l=0.0)
+    assert no_round2 < b_no_cyc
 
 
 def test_pretrain_step_lowers_the_loss_on_a_fixed_batch():

@@ -1,5 +1,6 @@
 """Flax Linen modules of audjax (DESIGN §1). See `networks.py` for what each one is."""
 
+from audjax.models.init import torch_default_init
 from audjax.models.networks import (
     AUDetector,
     BackgroundEncoder,
@@ -30,4 +31,5 @@ __all__ = [
     "Projectors",
     "feature_channels",
     "spatial_softmax",
+    "torch_default_init",
 ]
