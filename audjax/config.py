@@ -64,6 +64,9 @@ class Config:
     synth_eval: int = _f(500, "SynthAU images in each validation and test set")
     synth_seed: int = _f(0, "SynthAU's generator seed (apart from --seed, so that runs of several "
                             "seeds share one data set)")
+    synth_target_shift: str = _f("full", "what sets SynthAU's target domain apart: full (pose, "
+                                         "occluders, background, camera, identity) or "
+                                         "appearance (no pose change, no occluders)")
     aus: str = _f("AU1,AU2,AU4,AU6,AU12,AU17", "names of the AU label columns, in order")
     # -- model -------------------------------------------------------------------------------------
     crop: int = _f(176, "crop size S (a multiple of 16, >= 64); features are S/4")

@@ -51,8 +51,9 @@ class Data:
 def synthau_dir(config: Config) -> Path:
     """SynthAU's cache directory for the configured size and seed."""
     base = Path(config.synth_cache).expanduser()
+    shift = "" if config.synth_target_shift == "full" else f"_{config.synth_target_shift}"
     return base / (f"img{config.synth_image_size}_train{config.synth_train}"
-                   f"_eval{config.synth_eval}_seed{config.synth_seed}")
+                   f"_eval{config.synth_eval}_seed{config.synth_seed}{shift}")
 
 
 def ensure_synthau(config: Config) -> Path:
@@ -66,7 +67,8 @@ def ensure_synthau(config: Config) -> Path:
                   for s in ("val", "test")})
     if synth.load_params(out) is None:
         print(f"generating SynthAU into {out} (once; later runs reuse it)", flush=True)
-    synth.ensure(out, sizes=sizes, image_size=config.synth_image_size, seed=config.synth_seed)
+    synth.ensure(out, sizes=sizes, image_size=config.synth_image_size, seed=config.synth_seed,
+                 target_shift=config.synth_target_shift)
     return out
 
 

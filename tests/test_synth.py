@@ -165,3 +165,22 @@ def test_target_domain_differs_from_source():
     assert stats["source"][0].max() < 6
     assert stats["target"][0].mean() > 8
     assert np.median(stats["target"][1]) > 3 * np.median(stats["source"][1])
+
+
+def test_appearance_shift_keeps_the_pose_and_the_camera_shift():
+    """target_shift="appearance": target faces as near-frontal as the source's, the background
+    and camera still those of the wild; "full" stays what it was (same stream, same image)."""
+    rolls, corner_std = [], []
+    for i in range(24):
+        sample = synth.render(0, "target_test", i, SIZE, shift="appearance")
+        rolls.append(abs(_roll_degrees(sample.landmarks)))
+        corners = [sample.image[:8, :8], sample.image[:8, -8:]]
+        corner_std.append(np.mean([c.reshape(-1, 3).std(0).mean() for c in corners]))
+    assert max(rolls) < 6
+    source = [synth.render(0, "source_test", i, SIZE).image[:8, :8].reshape(-1, 3).std(0).mean()
+              for i in range(24)]
+    assert np.median(corner_std) > 3 * np.median(source)
+    np.testing.assert_array_equal(synth.render(0, "target_test", 3, SIZE).image,
+                                  synth.render(0, "target_test", 3, SIZE, shift="full").image)
+    with pytest.raises(ValueError, match="target_shift"):
+        synth.ensure("/nonexistent/never", image_size=SIZE, target_shift="pose")

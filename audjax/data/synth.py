@@ -85,6 +85,13 @@ RAW_SCALE = 1.5  # raw image side / aligned image side
 BOX_ENLARGE = 2.8  # DESIGN §6: the aligned image spans 2.8x the eyes-nose-mouth box
 
 
+# What sets the target domain apart (`generate`'s target_shift): "full" is everything the module
+# doc lists; "appearance" keeps the source's pose (near-frontal, centred) and draws no occluders,
+# so the target differs only in identity, AU rates, background and camera (light, colour, blur,
+# noise, JPEG): the texture-like shift that a landmark/background separation can factor out.
+TARGET_SHIFTS = ("full", "appearance")
+
+
 def _domain(split: str) -> str:
     return split.split("_")[0]
 
@@ -918,7 +925,7 @@ class _Plan:
     pose: Pose
 
 
-def _plan(seed: int, split: str, index: int, image_size: int) -> _Plan:
+def _plan(seed: int, split: str, index: int, image_size: int, shift: str = "full") -> _Plan:
     key = (SPLITS.index(split), index)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
     domain = _domain(split)
@@ -929,19 +936,22 @@ def _plan(seed: int, split: str, index: int, image_size: int) -> _Plan:
     intensity = sample_intensities(rng, domain, 1)[0]
     talking = rng.uniform() < (0.2 if domain == "source" else 0.3)
     lm = expression_landmarks(ident.shape, intensity, rng.uniform(0.005, 0.045) if talking else 0)
-    return _Plan(rng, ident, intensity, lm, _sample_pose(rng, domain, image_size))
+    pose_domain = "source" if shift == "appearance" else domain
+    return _Plan(rng, ident, intensity, lm, _sample_pose(rng, pose_domain, image_size))
 
 
-def raw_landmarks(seed: int, split: str, index: int, image_size: int = 200) -> np.ndarray:
-    """The (68, 2) raw-pixel landmarks of `render(seed, split, index, image_size)`, without
-    drawing the image (cheap: what `generate` hands to `prepare` up front)."""
-    plan = _plan(seed, split, index, image_size)
+def raw_landmarks(seed: int, split: str, index: int, image_size: int = 200,
+                  shift: str = "full") -> np.ndarray:
+    """The (68, 2) raw-pixel landmarks of `render(seed, split, index, image_size, shift)`,
+    without drawing the image (cheap: what `generate` hands to `prepare` up front)."""
+    plan = _plan(seed, split, index, image_size, shift)
     return plan.pose.project(plan.landmarks).astype(np.float32)
 
 
-def render(seed: int, split: str, index: int, image_size: int = 200) -> Sample:
+def render(seed: int, split: str, index: int, image_size: int = 200,
+           shift: str = "full") -> Sample:
     """Image `index` of `split`: a pure function of its arguments (its own random stream)."""
-    plan = _plan(seed, split, index, image_size)
+    plan = _plan(seed, split, index, image_size, shift)
     rng, ident, lm = plan.rng, plan.identity, plan.landmarks
     size = raw_size(image_size)
     if _domain(split) == "source":
@@ -954,22 +964,28 @@ def render(seed: int, split: str, index: int, image_size: int = 200) -> Sample:
     if _domain(split) == "source":
         image = _add_noise(image, 1.5, rng)
     else:
-        if ident.hair_style != "bald" and rng.uniform() < 0.15:
-            _draw_fringe(p, ident, lm, rng)
-        if rng.uniform() < 0.15:
-            _draw_glasses(p, lm, rng)
-        if rng.uniform() < 0.1:
-            _draw_hand(p, ident, rng)
+        if shift == "full":
+            _draw_occluders(p, ident, lm, rng)
         image = _wild_camera(image, rng)
     return Sample(image=image, landmarks=plan.pose.project(lm).astype(np.float32),
                   intensity=plan.intensity, labels=occurrence(plan.intensity))
 
 
-def _raw_image(seed: int, split: str, index: int, image_size: int) -> np.ndarray:
+def _draw_occluders(p: _Painter, ident: Identity, lm: np.ndarray, rng: np.random.Generator):
+    """The target's occasional fringe of hair, glasses and hand over the face."""
+    if ident.hair_style != "bald" and rng.uniform() < 0.15:
+        _draw_fringe(p, ident, lm, rng)
+    if rng.uniform() < 0.15:
+        _draw_glasses(p, lm, rng)
+    if rng.uniform() < 0.1:
+        _draw_hand(p, ident, rng)
+
+
+def _raw_image(seed: int, split: str, index: int, image_size: int, shift: str) -> np.ndarray:
     """`prepare`'s image source: picklable (a module-level function under functools.partial),
     so each raw image is drawn in the worker that aligns it and never touches the disk."""
     _keep_freed_memory()
-    return render(seed, split, index, image_size).image
+    return render(seed, split, index, image_size, shift).image
 
 
 @functools.cache
@@ -1022,11 +1038,11 @@ def _draw_face(p: _Painter, ident: Identity, lm: np.ndarray, a: np.ndarray,
 # ---------------------------------------------------------------------------------------------
 
 
-def _item(seed: int, split: str, index: int, image_size: int) -> RawItem:
+def _item(seed: int, split: str, index: int, image_size: int, shift: str) -> RawItem:
     """The `prepare` record of one image: its landmarks and labels now, its pixels on demand."""
-    plan = _plan(seed, split, index, image_size)
+    plan = _plan(seed, split, index, image_size, shift)
     return RawItem(
-        image=functools.partial(_raw_image, seed, split, index, image_size),
+        image=functools.partial(_raw_image, seed, split, index, image_size, shift),
         name=f"{index:06d}.jpg",
         landmarks=plan.pose.project(plan.landmarks),
         # The target training set is the unlabelled one (all 999), as EmotioNet's 200k images.
@@ -1045,16 +1061,23 @@ def _resolve_sizes(sizes: dict[str, int] | None) -> dict[str, int]:
     return resolved
 
 
-def _params(sizes: dict[str, int] | None, image_size: int, seed: int) -> dict:
+def _params(sizes: dict[str, int] | None, image_size: int, seed: int,
+            target_shift: str = "full") -> dict:
     """What the data set is a function of; `ensure` regenerates when any of it changes."""
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32, got {image_size}")
-    return {"version": VERSION, "seed": int(seed), "image_size": int(image_size),
-            "raw_size": raw_size(image_size), "sizes": _resolve_sizes(sizes)}
+    if target_shift not in TARGET_SHIFTS:
+        raise ValueError(f"target_shift {target_shift!r}: expected one of {TARGET_SHIFTS}")
+    params = {"version": VERSION, "seed": int(seed), "image_size": int(image_size),
+              "raw_size": raw_size(image_size), "sizes": _resolve_sizes(sizes)}
+    if target_shift != "full":  # recorded only when set, so earlier sets stay valid caches
+        params["target_shift"] = target_shift
+    return params
 
 
 def generate(out_dir, *, sizes: dict[str, int] | None = None, image_size: int = 200,
-             seed: int = 0, workers: int | None = None, progress: bool = True) -> dict:
+             seed: int = 0, target_shift: str = "full", workers: int | None = None,
+             progress: bool = True) -> dict:
     """Generates SynthAU under `out_dir` (replacing what is there) and returns its synthau.json.
 
     Args:
@@ -1064,7 +1087,8 @@ def generate(out_dir, *, sizes: dict[str, int] | None = None, image_size: int = 
       sizes: images per split, overriding DEFAULT_SIZES split by split.
       image_size: side of the aligned images (200 for the paper's 176 crop; keep the crop /
         image ratio for small runs, e.g. 72 for a 64 crop).
-      seed: the data set is a pure function of (seed, sizes, image_size).
+      seed: the data set is a pure function of (seed, sizes, image_size, target_shift).
+      target_shift: "full" or "appearance" (`TARGET_SHIFTS`: what sets the target apart).
       workers: processes (default: one per core), passed to `prepare`.
       progress: show progress lines on stderr.
 
@@ -1081,7 +1105,7 @@ def generate(out_dir, *, sizes: dict[str, int] | None = None, image_size: int = 
     # this module to render images) do not need.
     from audjax.losses import au_weights
 
-    params = _params(sizes, image_size, seed)
+    params = _params(sizes, image_size, seed, target_shift)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and load_params(out_dir) is None:
         raise FileExistsError(f"{out_dir} is not empty and holds no synthau.json; refusing to "
@@ -1091,7 +1115,8 @@ def generate(out_dir, *, sizes: dict[str, int] | None = None, image_size: int = 
     start = time.monotonic()
     try:
         for split in SPLITS:
-            items = [_item(seed, split, i, image_size) for i in range(params["sizes"][split])]
+            items = [_item(seed, split, i, image_size, target_shift)
+                     for i in range(params["sizes"][split])]
             report = prepare(items, work, split, out_size=image_size, box_enlarge=BOX_ENLARGE,
                              workers=workers, progress=progress)
             if report.dropped:  # SynthAU's landmarks are exact, so alignment cannot fail
@@ -1141,14 +1166,16 @@ def load_params(out_dir) -> dict | None:
 
 
 def ensure(out_dir, *, sizes: dict[str, int] | None = None, image_size: int = 200,
-           seed: int = 0, workers: int | None = None, progress: bool = True) -> dict:
+           seed: int = 0, target_shift: str = "full", workers: int | None = None,
+           progress: bool = True) -> dict:
     """Like `generate`, but keeps a finished data set made with the same parameters (a cache)."""
     found = load_params(out_dir)
-    wanted = _params(sizes, image_size, seed)
-    if found is not None and all(found.get(k) == v for k, v in wanted.items()):
+    wanted = _params(sizes, image_size, seed, target_shift)
+    if found is not None and all(found.get(k) == v for k, v in wanted.items()) and (
+            found.get("target_shift", "full") == target_shift):
         return found
-    return generate(out_dir, sizes=sizes, image_size=image_size, seed=seed, workers=workers,
-                    progress=progress)
+    return generate(out_dir, sizes=sizes, image_size=image_size, seed=seed,
+                    target_shift=target_shift, workers=workers, progress=progress)
 
 
 def contact_sheet(data_dir, split: str, rows: int = 6, cols: int = 6) -> np.ndarray:
@@ -1265,7 +1292,8 @@ def domain_shift_check(data_dir) -> dict[str, list[float]]:
     for split in ("source_train", "source_test", "target_train", "target_test"):
         x[split], y[split] = _hog_features(data_dir, split)
     y["target_train"] = np.stack([
-        occurrence(_plan(params["seed"], "target_train", i, params["image_size"]).intensity)
+        occurrence(_plan(params["seed"], "target_train", i, params["image_size"],
+                         params.get("target_shift", "full")).intensity)
         for i in range(len(y["target_train"]))])
     # Each probe's inputs are standardised with its own training set's statistics.
     f1 = {}
@@ -1309,6 +1337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n_test", type=int, default=DEFAULT_SIZES["source_test"],
                         help="images in source_test and in target_test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target_shift", choices=TARGET_SHIFTS, default="full",
+                        help="what sets the target domain apart (see TARGET_SHIFTS)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
     parser.add_argument("--domain_shift_check", action="store_true",
@@ -1320,7 +1350,7 @@ def main(argv: list[str] | None = None) -> int:
     make = generate if args.force else ensure
     start = time.monotonic()
     info = make(args.out, sizes=sizes, image_size=args.image_size, seed=args.seed,
-                workers=args.workers)
+                target_shift=args.target_shift, workers=args.workers)
     print(f"SynthAU in {args.out}: {sum(info['sizes'].values())} images at "
           f"{info['image_size']}x{info['image_size']} ({time.monotonic() - start:.1f} s)")
     for split, rates in info["label_rates"].items():
