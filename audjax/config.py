@@ -128,6 +128,10 @@ class Config:
                             "landmark head) or a joint run directory (fine-tune all weights "
                             "with fresh optimizer states)")
     checkpoint: str = _f("", "eval: run directory (its best checkpoint) or checkpoint directory")
+    target_eval_path: str = _f("target", "the final evaluation's path for target images: "
+                                         "target (E_au(G_st(E_l(F), G_b(F))), ADLD's) or source "
+                                         "(E_au(F), as for source images); validation always "
+                                         "uses target")
     resume: bool = _f(True, "continue from the workdir's latest checkpoint when it has one")
     keep: int = _f(2, "latest checkpoints kept (the best one is kept apart)")
     checkpoint_every: int = _f(0, "also save every this many steps (0 = once per epoch)")
@@ -194,6 +198,9 @@ class Config:
             if extra:
                 raise ValueError(f"--{extra[0]}={self.preset(extra[0])} has no effect with "
                                  "--model=source_only (E_f + E_au alone)")
+        if self.target_eval_path not in ("target", "source"):
+            raise ValueError(f"--target_eval_path={self.target_eval_path!r}: expected target or "
+                             "source")
         if self.phase == "eval" and not self.checkpoint:
             raise ValueError("--phase=eval needs --checkpoint=DIR")
 

@@ -303,12 +303,14 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
     params, bs = state_lib.init_variables(model_config, nets, names, jax.random.PRNGKey(0))
     params, bs = checkpoints.load_weights(step_dir, params, bs)
     evaluator = Evaluator(model_config, nets, names)
-    results = {"checkpoint": str(step_dir), "phase": phase, "model": saved.model}
+    results = {"checkpoint": str(step_dir), "phase": phase, "model": saved.model,
+               "target_eval_path": config.target_eval_path}
     for split in EVAL_SPLITS:
         if split not in data.lists:
             continue
         domain = split.split("_")[0]
-        results[split] = evaluator.evaluate(params, bs, data.lists[split], data.root, domain)
+        path = config.target_eval_path if domain == "target" else "source"
+        results[split] = evaluator.evaluate(params, bs, data.lists[split], data.root, path)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write(out_dir / "results.md", f"# Results of {step_dir}\n\n"

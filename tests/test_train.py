@@ -130,6 +130,11 @@ def test_eval_phase_reads_a_checkpoint(synth_root, tmp_path):
         tiny(synth_root, phase="eval", checkpoint=str(tmp_path / "so")), tmp_path / "eval")
     assert results["checkpoint"] == str(step_dir)
     assert (tmp_path / "eval" / "results.json").exists()
+    # The source-only model has no recombination path: both target paths read E_au(E_f(I)).
+    direct = train_and_evaluate(tiny(synth_root, phase="eval", checkpoint=str(tmp_path / "so"),
+                                     target_eval_path="source"), tmp_path / "eval_direct")
+    assert direct["target_eval_path"] == "source" and results["target_eval_path"] == "target"
+    assert direct["target_test"] == results["target_test"]
 
 
 def run_cli(*args):
