@@ -117,7 +117,7 @@ def _networks(step_dir: Path):
         for name, subtree in sorted(tree.get(collection, {}).items()):
             net = networks.setdefault(name, {"group": _group(name), "variables": [],
                                              **{c: 0 for c in COLLECTIONS}})
-            for path, leaf in _leaves(subtree):
+            for path, leaf in checkpoints.flat_items(subtree):
                 count = math.prod(leaf.shape)
                 net["variables"].append({"collection": collection, "path": path,
                                          "shape": list(leaf.shape),
@@ -134,14 +134,6 @@ def _networks(step_dir: Path):
 
 def _group(name: str) -> str | None:
     return next((g for g, members in GROUPS.items() if name in members), None)
-
-
-def _leaves(tree, prefix=""):
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _leaves(value, f"{prefix}/{key}" if prefix else str(key))
-    else:
-        yield prefix, tree
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import numpy as np
 from audjax.data import media
 from audjax.data.lists import atomic_path, atomic_write
 from audjax.detector import PATHS
+from audjax.progress import StatusLine
 
 # ---------------------------------------------------------------------------------------------
 # CSV
@@ -96,7 +97,10 @@ class OverlayWriter:
     def write(self, frame: media.Frame, image: np.ndarray):
         name = self._name(frame.input)
         if Path(frame.input).suffix.lower() not in media.VIDEO_SUFFIXES:
-            _write_jpeg(self.out_dir / f"{name}.jpg", image)
+            path = self.out_dir / f"{name}.jpg"
+            if path.resolve() == Path(frame.input).resolve():  # --overlay is the input folder
+                path = path.with_name(f"{path.stem}_overlay.jpg")
+            _write_jpeg(path, image)
         elif not self.as_video:
             _write_jpeg(self.out_dir / name / f"{frame.frame:06d}.jpg", image)
         else:
@@ -139,14 +143,11 @@ def _write_jpeg(path: Path, image: np.ndarray):
 
 
 class Progress:
-    """Counts, and a progress line on stderr: redrawn on a terminal at most 4 times a second,
-    a new line every 30 s in a log file."""
+    """The counts of a prediction, shown as a `StatusLine` while it runs."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.tty = enabled, sys.stderr.isatty()
+        self.status = StatusLine(enabled)
         self.files = self.unreadable = self.frames = self.faces = self.rows = 0
-        self.start = self.last = time.monotonic()
-        self.width = 0
         self._input = None
 
     def add(self, result):
@@ -155,40 +156,28 @@ class Progress:
             self.files += 1
         if result.frame.error is not None:
             self.unreadable += 1
+            # The message goes on its own line, after the progress line.
+            self.status.close()
+            print(f"{result.frame.input}: {result.frame.error} (skipped)", file=sys.stderr,
+                  flush=True)
             return
         self.frames += 1
         self.faces += sum(r["success"] for r in result.rows)
         self.rows += len(result.rows)
-        now = time.monotonic()
-        if self.enabled and now - self.last >= (0.25 if self.tty else 30):
-            self.last = now
-            self._print(self.line())
+        self.status.update(self.line)
 
     def rate(self) -> float:
-        return self.faces / max(time.monotonic() - self.start, 1e-9)
+        return self.faces / max(self.status.elapsed(), 1e-9)
 
     def line(self) -> str:
-        seconds = int(time.monotonic() - self.start)
+        seconds = int(self.status.elapsed())
         return (f"predict: {self.files} files, {self.frames} images/frames, {self.faces} faces, "
                 f"{self.rate():.1f} faces/s, {seconds // 60}:{seconds % 60:02d}")
 
-    def _print(self, line):
-        if self.tty:  # overwrite the previous line, blanking what a shorter line leaves
-            self.width = max(self.width, len(line))
-            print("\r" + line.ljust(self.width), end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.enabled and self.tty and self.width:
-            print(file=sys.stderr)
-
-
-def report_error(progress: Progress, result):
-    if progress.enabled and progress.tty and progress.width:
-        print(file=sys.stderr)  # keep the progress line apart from the message
-        progress.width = 0
-    print(f"{result.frame.input}: {result.frame.error} (skipped)", file=sys.stderr, flush=True)
+    def closing_line(self, out) -> str:
+        return (f"{self.files} files, {self.unreadable} unreadable (skipped), "
+                f"{self.frames} images/frames, {self.faces} faces, {self.rows} rows -> {out} "
+                f"({self.status.elapsed():.1f} s, {self.rate():.1f} faces/s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +203,6 @@ def predict(detector, inputs, out, *, aligned=False, every=1, overlay=None,
             for result in detector.stream(inputs, aligned=aligned, every=every):
                 counts.add(result)
                 if result.frame.error is not None:
-                    report_error(counts, result)
                     continue
                 f.write(csv_lines(columns, result.rows))
                 if overlays is not None:
@@ -227,15 +215,8 @@ def predict(detector, inputs, out, *, aligned=False, every=1, overlay=None,
     finally:
         if overlays is not None:
             overlays.close(error)
-        counts.close()
+        counts.status.close()
     return counts
-
-
-def closing_line(counts: Progress, out) -> str:
-    seconds = time.monotonic() - counts.start
-    return (f"{counts.files} files, {counts.unreadable} unreadable (skipped), "
-            f"{counts.frames} images/frames, {counts.faces} faces, {counts.rows} rows -> {out} "
-            f"({seconds:.1f} s, {counts.rate():.1f} faces/s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +366,7 @@ def main(argv=None) -> int:
     except ImportError as e:  # dlib missing: the message names the extra
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(closing_line(counts, args.out))
+    print(counts.closing_line(args.out))
     return 0 if counts.frames or not counts.unreadable else 1
 
 
