@@ -233,7 +233,9 @@ def bench(args) -> None:
     from audjax.data import annotate
     from audjax.detector import Detector, prediction_networks
 
-    config = Config(crop=args.crop, width=args.width, model=args.model)
+    # Faces aligned to the paper's 200 for crop 176, in proportion for other crops.
+    config = Config(crop=args.crop, width=args.width, model=args.model,
+                    aligned_size=max(args.crop, round(args.crop * 200 / 176)))
     nets = state_lib.build_networks(config, len(config.au_names))
     params, batch_stats = state_lib.init_variables(
         config, nets, prediction_networks(config, "joint"), jax.random.PRNGKey(0))
