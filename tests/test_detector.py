@@ -7,6 +7,7 @@ and checks that the detector maps them back onto dlib's points in the photo.
 """
 
 import csv
+import os
 import sys
 
 import cv2
@@ -206,7 +207,7 @@ def test_predict_cli_folder_video_and_bad_files(detector, tiny_runs, tmp_path, a
                                                 capsys, monkeypatch):
     make_inputs(tmp_path / "in", astronaut_bgr)
     monkeypatch.chdir(tmp_path)  # relative paths everywhere
-    run = str(tiny_runs["joint"])
+    run = os.path.relpath(tiny_runs["joint"], tmp_path)
     rc = predict.main(["in", "missing.png", "--run", run, "--out", "out/results.csv",
                        "--batch_size", "2", "--overlay", "overlays", "--quiet"])
     assert rc == 0
@@ -252,3 +253,13 @@ def test_detect_api_errors_and_data_frame(detector, tmp_path):
                                 as_frame=True, on_error="warn")
     assert isinstance(table, pandas.DataFrame) and list(table.columns) == detector.columns
     assert table["success"].tolist() == [1] and table["input"][0].endswith("0.png")
+    with pytest.raises(ValueError, match=r"<array 0>: an aligned input must be at least 64x64"):
+        detector.detect(np.zeros((40, 80, 3), np.uint8), aligned=True)
+
+
+def test_device_by_name(tiny_runs):
+    det = Detector.from_run(tiny_runs["pretrain"], device="cpu")
+    assert det.device.platform == "cpu"
+    assert all(x.devices() == {det.device} for x in jax.tree.leaves(det.params))
+    with pytest.raises(ValueError, match="device 'nosuchplatform' is not available"):
+        Detector.from_run(tiny_runs["pretrain"], device="nosuchplatform")
