@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from audjax.config import MODELS
 from audjax.data import media
 from audjax.data.lists import atomic_path, atomic_write
 from audjax.detector import PATHS
@@ -110,6 +111,8 @@ class OverlayWriter:
             self.video[1].write(image)
 
     def _open_video(self, name, frame, image):
+        # One video spans many calls, so atomic_path's context is entered here and left in
+        # `close` (renamed into place, or deleted after an error).
         target = atomic_path(self.out_dir / f"{name}.mp4")
         tmp = target.__enter__()
         # Every k-th frame kept: played at the source's rate / k, the video keeps real time.
@@ -331,7 +334,7 @@ def parse_args(argv):
     bench_args.add_argument("--bench", action="store_true")
     bench_args.add_argument("--crop", type=int, default=176)
     bench_args.add_argument("--width", type=float, default=1.0)
-    bench_args.add_argument("--model", default="C")
+    bench_args.add_argument("--model", choices=MODELS, default="C")
     bench_args.add_argument("--bench_batches", type=int, default=20)
     bench_args.add_argument("--bench_count", type=int, default=20,
                             help="images timed end to end (the inputs repeated)")
