@@ -151,8 +151,8 @@ def restore_subtrees(step_dir: Path, template: dict) -> dict:
 
 def check_same_structure(got, want, what: str):
     """Raise ValueError naming the first path whose presence or shape differs."""
-    got_leaves = dict(_flat(got))
-    for path, leaf in _flat(want):
+    got_leaves = dict(flat_items(got))
+    for path, leaf in flat_items(want):
         if path not in got_leaves:
             raise ValueError(f"{what} has no {path}")
         if tuple(np.shape(got_leaves[path])) != tuple(np.shape(leaf)):
@@ -160,10 +160,11 @@ def check_same_structure(got, want, what: str):
                              f"expected {np.shape(leaf)}")
 
 
-def _flat(tree, prefix=""):
+def flat_items(tree, prefix=""):
+    """(path, leaf) of a nested dict, paths joined with "/": {"a": {"b": 1}} -> ("a/b", 1)."""
     if isinstance(tree, dict):
         for k, v in tree.items():
-            yield from _flat(v, f"{prefix}/{k}" if prefix else str(k))
+            yield from flat_items(v, f"{prefix}/{k}" if prefix else str(k))
     else:
         yield prefix, tree
 
@@ -188,7 +189,7 @@ def transplant(pretrain_dir, params: dict, batch_stats: dict):
         for src, dst in mapping.items():
             tree[dst] = jax.tree.map(np.asarray, restored[col]["landmark_net"][src])
             copied += [f"{col}/landmark_net/{src}/{p} -> {col}/{dst}/{p}"
-                       for p, _ in _flat(tree[dst])]
+                       for p, _ in flat_items(tree[dst])]
     return params, batch_stats, copied
 
 

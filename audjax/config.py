@@ -136,6 +136,10 @@ class Config:
     keep: int = _f(2, "latest checkpoints kept (the best one is kept apart)")
     checkpoint_every: int = _f(0, "also save every this many steps (0 = once per epoch)")
     log_every: int = _f(50, "steps between progress lines and metric records")
+    # -- prediction (audjax.Detector) --------------------------------------------------------------
+    aligned_size: int = _f(0, "side of the aligned training images, kept with the checkpoints so "
+                              "that the Detector aligns new faces alike (0: measured from the "
+                              "first training image when training starts)")
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -201,6 +205,9 @@ class Config:
         if self.target_eval_path not in ("target", "source"):
             raise ValueError(f"--target_eval_path={self.target_eval_path!r}: expected target or "
                              "source")
+        if self.aligned_size and self.aligned_size < self.crop:
+            raise ValueError(f"--aligned_size={self.aligned_size}: must be 0 or at least --crop "
+                             f"({self.crop})")
         if self.phase == "eval" and not self.checkpoint:
             raise ValueError("--phase=eval needs --checkpoint=DIR")
 

@@ -59,6 +59,19 @@ AU_CENTRE_SHIFTS = (
 )
 
 
+def au_centre_shift(points):
+    """ADLD's shift of some landmarks towards AU centres: the y offsets (B, L) of (B, L, 2) points.
+
+    They are multiples of ruler = |x[22] - x[25]| (`AU_CENTRE_SHIFTS`), so they hold in any unit
+    (crop or map pixels) and leave points 22 and 25, hence the ruler, where they are.
+    """
+    ruler = jnp.abs(points[:, 22, 0] - points[:, 25, 0])
+    dy = jnp.zeros(points.shape[:2], points.dtype)
+    for idx, factor in AU_CENTRE_SHIFTS:
+        dy = dy.at[:, list(idx)].set(factor * ruler[:, None])
+    return dy
+
+
 def landmark_targets(landmarks, crop: int, map_size: int, shift_to_au_centres: bool = True):
     """Class indices `y * s + x` of landmarks on the s x s map: (B, L, 2) crop pixels -> (B, L).
 
@@ -67,11 +80,7 @@ def landmark_targets(landmarks, crop: int, map_size: int, shift_to_au_centres: b
     """
     pts = jnp.asarray(landmarks) * (map_size / crop)
     if shift_to_au_centres:
-        ruler = jnp.abs(pts[:, 22, 0] - pts[:, 25, 0])
-        dy = jnp.zeros(pts.shape[:2], pts.dtype)
-        for idx, factor in AU_CENTRE_SHIFTS:
-            dy = dy.at[:, list(idx)].set(factor * ruler[:, None])
-        pts = pts.at[..., 1].add(dy)
+        pts = pts.at[..., 1].add(au_centre_shift(pts))
     pts = jnp.clip(jnp.round(pts), 0, map_size - 1).astype(jnp.int32)
     return pts[..., 1] * map_size + pts[..., 0]
 

@@ -326,6 +326,16 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
     return results
 
 
+def with_aligned_size(config: Config, data: Data) -> Config:
+    """`config` with --aligned_size measured from the first training image (the target
+    domain's when there is one) when it is 0, so that the checkpoints record it."""
+    if config.aligned_size:
+        return config
+    lists = data.lists.get("target_train") or data.lists["source_train"]
+    image = pipeline.load_image(str(Path(data.root) / lists.paths[0]))
+    return config.replace(aligned_size=image.shape[0])
+
+
 def train_and_evaluate(config: Config, workdir) -> dict:
     """Run `config.phase` in `workdir` and return the final results."""
     config.validate()
@@ -335,6 +345,7 @@ def train_and_evaluate(config: Config, workdir) -> dict:
         return evaluate_checkpoint(config, config.checkpoint, data, workdir)
     if config.phase == "all":
         data = load_data(config, ("source_train", "target_train") + EVAL_SPLITS)
+        config = with_aligned_size(config, data)
         train_phase(config, workdir / "pretrain", "pretrain", data)
         joint = config.replace(init_from=str(workdir / "pretrain"))
         train_phase(joint, workdir / "joint", "joint", data)
@@ -342,5 +353,6 @@ def train_and_evaluate(config: Config, workdir) -> dict:
     splits = ("source_train",) + EVAL_SPLITS if config.phase == "pretrain" else (
         ("source_train", "target_train") + EVAL_SPLITS)
     data = load_data(config, splits)
+    config = with_aligned_size(config, data)
     train_phase(config, workdir, config.phase, data)
     return evaluate_checkpoint(config, workdir, data, workdir)

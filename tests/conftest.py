@@ -6,6 +6,8 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 # Tests compile many tiny programs once each; optimisation time would dominate their run time.
@@ -13,3 +15,69 @@ jax.config.update("jax_disable_most_optimizations", True)
 
 # grain's worker processes read an absl flag; under pytest nobody parses flags.
 flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Run directories with freshly initialised checkpoints of the kinds a user opens (crop 64,
+    width 0.25, aligned size 80): "pretrain" (the landmark net), "joint" (model C), "A" and
+    "source_only" (joint phase). Each has best/5 (the first two also checkpoints/3 and
+    checkpoints/5), a config.json, metrics.jsonl records and, in the joint phase, a
+    results.json, as training leaves them."""
+    import json
+
+    import numpy as np
+
+    from audjax import checkpoints
+    from audjax import state as state_lib
+    from audjax.config import Config
+
+    root = tmp_path_factory.mktemp("runs")
+    config = Config(crop=64, width=0.25, aligned_size=80)
+    # Initialising every network once, jitted, is much faster than per run and eagerly. The
+    # landmark net is parts 1-2 (E_f's class) and the head (the landmark head's class).
+    nets = state_lib.build_networks(config, len(config.au_names))
+    params, batch_stats = jax.jit(lambda key: state_lib.init_variables(
+        config, nets, state_lib.network_names(config, "joint"), key))(jax.random.PRNGKey(1))
+    params["landmark_net"] = {"parts12": params["E_f"], "head": params["landmark"]}
+    batch_stats["landmark_net"] = {"parts12": batch_stats["E_f"],
+                                   "head": batch_stats["landmark"]}
+    runs = {}
+    for name, phase, model in (("pretrain", "pretrain", "C"), ("joint", "joint", "C"),
+                               ("A", "joint", "A"), ("source_only", "joint", "source_only")):
+        run_config = config.replace(phase=phase, model=model)
+        names = state_lib.network_names(run_config, phase)
+        txs = state_lib.make_optimizers(run_config, names, 10, phase)
+        state = state_lib.TrainState(
+            step=jnp.zeros((), jnp.int32), params={n: params[n] for n in names},
+            batch_stats={n: batch_stats[n] for n in names if n in batch_stats}, opt_state={})
+        # Adam starts from zeros (moments and count): its shapes are all that is needed.
+        opt_state = jax.eval_shape(lambda s, txs=txs: state_lib.fresh_optimizer_state(
+            s.params, s.batch_stats, txs).opt_state, state)
+        state = state.replace(opt_state=jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                                                     opt_state))
+        run = root / name
+        ck = checkpoints.RunCheckpoints(run, keep=2, higher_is_better=phase != "pretrain")
+        for step in (3, 5) if name in ("pretrain", "joint") else ():
+            ck.save_latest(state.replace(step=jnp.asarray(step, jnp.int32)), {},
+                           run_config.to_json(), {"step": step})
+        val = ({"nme": 7.5, "failure_rate": 10.0, "selection": 7.5} if phase == "pretrain" else
+               {"target_val_mean_f1": 31.0, "target_val_mean_acc": 70.0, "selection": 31.0})
+        ck.save_best(state.replace(step=jnp.asarray(5, jnp.int32)), run_config.to_json(), val)
+        ck.close()
+        (run / "config.json").write_text(run_config.to_json())
+        train = ({"loss_fl": 0.2, "nme": 0.08} if phase == "pretrain" else
+                 {"loss_au": 0.6, "loss_l": 3.0, "loss_c": 1.5, "loss_adl": 0.01,
+                  "loss_adf": 1.0, "loss_fl": 0.1, "loss_total": 150.0, "loss_d": 0.02,
+                  "d_landmark": 0.01, "d_domain": 0.01})
+        records = [{"phase": phase, "split": "train", "step": s, "epoch": s / 5,
+                    **{k: v / s for k, v in train.items()}} for s in (1, 2, 3, 4, 5)]
+        records += [{"phase": phase, "split": "val", "step": s, "epoch": s / 5, **val}
+                    for s in (3, 5)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if phase == "joint":
+            f1 = dict(zip(run_config.au_names, (40.0, 35.0, 20.0, 60.0, 70.0, 25.0),
+                          strict=True))
+            (run / "results.json").write_text(json.dumps({"target_test": {"f1": f1}}))
+        runs[name] = run
+    return runs

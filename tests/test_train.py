@@ -49,6 +49,9 @@ def test_all_phases_then_resume(synth_root, tmp_path):
     # Records of each phase.
     for phase in ("pretrain", "joint"):
         assert json.loads((run / phase / "config.json").read_text())["phase"] == phase
+        # The aligned size, measured from the 72x72 SynthAU images, for the Detector.
+        assert checkpoints.read_checkpoint_config(
+            checkpoints.resolve_checkpoint(run / phase))["aligned_size"] == 72
         lines = [json.loads(x) for x in (run / phase / "metrics.jsonl").read_text().splitlines()]
         assert {x["split"] for x in lines} == {"train", "val"}
         assert all(np.isfinite(x["images_per_s"]) for x in lines if x["split"] == "train")

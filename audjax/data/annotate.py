@@ -7,12 +7,14 @@ Everything else in audjax works without them.
 
 import functools
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-MISSING_EXTRA = "landmark annotation needs the 'annotate' extra: pip install 'audjax[annotate]'"
+MISSING_EXTRA = ("face detection and landmark annotation need the 'annotate' extra: "
+                 "pip install 'audjax[annotate]'")
 
 _MODEL_NAME = "shape_predictor_68_face_landmarks.dat"
 
@@ -42,17 +44,34 @@ def _dlib_models():
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(shape_predictor_path()))
 
 
-def detect_landmarks(image_bgr):
-    """The 68 iBUG landmarks of the most confidently detected face, or None if there is none.
+@dataclass(frozen=True)
+class Face:
+    """One face dlib found.
+
+    Attributes:
+      box: (left, top, width, height) of the detector's box, in pixels (it may reach outside
+        the image).
+      score: the detector's confidence (its SVM margin; dlib's own cut-off is 0).
+      landmarks: (68, 2) float32 (x, y) iBUG points in the image's pixels (integer = pixel centre).
+    """
+
+    box: tuple[int, int, int, int]
+    score: float
+    landmarks: np.ndarray
+
+
+def detect_faces(image_bgr, min_score=0.0):
+    """Every face dlib's frontal detector finds, with its 68 landmarks, most confident first.
 
     The detector looks at the image upsampled once (as in the paper's setup), so faces down to
-    about 40 px wide are found. Among several faces the one with the highest detector score wins.
+    about 40 px wide are found.
 
     Args:
       image_bgr: HxW (grey) or HxWx3 (BGR, as OpenCV reads it) uint8 image.
+      min_score: detections scoring below this are dropped (0 keeps all of dlib's own).
 
     Returns:
-      (68, 2) float32 (x, y) points in the image's pixels (integer = pixel centre), or None.
+      A list of `Face`, highest score first (empty when there is none).
 
     Raises:
       ImportError: when dlib or its model file is not installed.
@@ -67,7 +86,30 @@ def detect_landmarks(image_bgr):
     else:
         rgb = np.ascontiguousarray(image)
     boxes, scores, _ = detector.run(rgb, 1, 0)
-    if not boxes:
-        return None
-    shape = predictor(rgb, boxes[int(np.argmax(scores))])
-    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+    faces = []
+    # A stable sort: among equal scores the detector's first box comes first.
+    for i in sorted(range(len(boxes)), key=lambda i: -scores[i]):
+        if scores[i] < min_score:
+            continue
+        box = boxes[i]
+        shape = predictor(rgb, box)
+        faces.append(Face(box=(box.left(), box.top(), box.width(), box.height()),
+                          score=float(scores[i]),
+                          landmarks=np.array([(p.x, p.y) for p in shape.parts()], np.float32)))
+    return faces
+
+
+def detect_landmarks(image_bgr):
+    """The 68 iBUG landmarks of the most confidently detected face, or None if there is none.
+
+    Args:
+      image_bgr: HxW (grey) or HxWx3 (BGR, as OpenCV reads it) uint8 image.
+
+    Returns:
+      (68, 2) float32 (x, y) points in the image's pixels (integer = pixel centre), or None.
+
+    Raises:
+      ImportError: when dlib or its model file is not installed.
+    """
+    faces = detect_faces(image_bgr)
+    return faces[0].landmarks if faces else None

@@ -19,6 +19,7 @@ bad line in a 200,000-line list can be found and fixed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import secrets
 import sys
@@ -235,28 +236,36 @@ def _check_images(path_file, paths, data_root):
 # Writing
 
 
-def atomic_write(file, data):
-    """Writes `data` (str or bytes) to `file` through a temporary file in the same folder.
+@contextlib.contextmanager
+def atomic_path(file):
+    """A temporary path beside `file` to write to; renamed over `file` when the block ends
+    normally, deleted when it raises. The path keeps `file`'s suffix, for writers that choose a
+    format by it (cv2.VideoWriter, cv2.imwrite).
 
-    The temporary file is renamed over `file` only once it is complete, so a reader (or a re-run
-    after a crash) sees the old file or the new one, never half of one.
+    A reader (or a re-run after a crash) sees the old file or the new one, never half of one.
     """
     file = os.fspath(file)
-    folder = os.path.dirname(file) or "."
-    os.makedirs(folder, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    # A unique name created with open(..., "xb") (not tempfile.mkstemp, whose files are private
-    # to their owner): the result gets the usual permissions.
-    tmp = os.path.join(folder, f".{os.path.basename(file)}.{secrets.token_hex(6)}.tmp")
+    folder, name = os.path.split(file)
+    os.makedirs(folder or ".", exist_ok=True)
+    suffix = os.path.splitext(name)[1]
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp{suffix}")
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
+        yield tmp
         os.replace(tmp, file)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(file, data):
+    """Writes `data` (str or bytes) to `file` through a temporary file (`atomic_path`)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    # A unique name created with open(..., "xb") (not tempfile.mkstemp, whose files are private
+    # to their owner): the result gets the usual permissions.
+    with atomic_path(file) as tmp, open(tmp, "xb") as f:
+        f.write(data)
 
 
 def write_lists(prefix, paths, landmarks, au, weights=None):

@@ -60,6 +60,7 @@ from audjax.data.lists import (
     write_lists,
 )
 from audjax.landmarks import AU_NAMES, select_49
+from audjax.progress import StatusLine
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -357,36 +358,24 @@ def _load(source):
 
 
 class _Progress:
-    """Progress on stderr: done/total, images per second, time left.
-
-    On a terminal one line, redrawn at most 4 times a second; in a log file a line every 30 s.
-    """
+    """done/total, images per second and time left, as a `StatusLine`."""
 
     def __init__(self, label, total, enabled):
-        self.label, self.total, self.enabled = label, total, enabled and total > 0
-        self.tty = sys.stderr.isatty()
-        self.done = self.width = 0
-        self.start = self.last = time.monotonic()
+        self.label, self.total, self.done = label, total, 0
+        self.status = StatusLine(enabled and total > 0)
 
     def update(self):
         self.done += 1
-        now = time.monotonic()
-        interval = 0.25 if self.tty else 30
-        if self.enabled and (now - self.last >= interval or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            left = int((self.total - self.done) / rate)
-            line = (f"{self.label}: {self.done}/{self.total}  {rate:.1f} images/s  "
-                    f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
-            if self.tty:  # overwrite the previous line, blanking what a shorter line leaves
-                self.width = max(self.width, len(line))
-                print("\r" + line.ljust(self.width), end="", file=sys.stderr, flush=True)
-            else:
-                print(line, file=sys.stderr, flush=True)
+        self.status.update(self._line, force=self.done == self.total)
+
+    def _line(self):
+        rate = self.done / max(self.status.elapsed(), 1e-9)
+        left = int((self.total - self.done) / rate)
+        return (f"{self.label}: {self.done}/{self.total}  {rate:.1f} images/s  "
+                f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
 
     def close(self):
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
+        self.status.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""The paper's Fig. 1 for a real pair of faces:
+`python -m audjax.visualize --run RUN SOURCE_IMAGE TARGET_IMAGE --out FIG.png`.
+
+Both faces are found, aligned and centre-cropped as `audjax.Detector` does (or taken as they are
+with `--aligned`), then run through rounds 1 and 2 of the separation (DESIGN §3) in evaluation
+mode. One row per face (source, target):
+
+1. the aligned crop;
+2. E_l's attention (F_sl, F_tl), summed over the landmarks, over the crop;
+3. the features F = E_f(I) and 4. the background B = G_b(F), as channel means;
+5. the recombination with the other face's background: F_sltb (source landmarks, target
+   background) in the source row, F_sbtl in the target row;
+6. the cross-cycle reconstruction F'_s = G_st(E_l(F_sltb), G_b(F_sbtl)) (F'_t likewise) and
+   7. its L1 error |F' - F|, channel mean;
+8. E_au's probabilities: the face through the source path E_au(F) and the target path
+   E_au(G_st(E_l(F), G_b(F))), and the row's recombined features through E_au.
+
+Feature maps share one symmetric colour scale; the error maps share one from 0. Needs a joint
+run with E_l, G_b and G_st (models A, B, C), matplotlib (extra `plot`) and, for photos, dlib
+(extra `annotate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audjax import steps
+from audjax.data import media
+from audjax.plot import _pyplot, save_figure
+
+NEEDED = ("E_f", "E_l", "G_b", "G_st", "E_au")
+
+
+def cross_cycle(config, nets, params, batch_stats, image_s, image_t) -> dict:
+    """Every feature of Fig. 1 for source crops `image_s` and target crops `image_t` (B, S, S,
+    3), in evaluation mode, and E_au's probabilities (module doc)."""
+
+    def run(name, *args):
+        return steps.apply_net(nets, name, params, batch_stats, *args, train=False)[0]
+
+    # Round 1: separate each face, then swap backgrounds.
+    F_s, F_t = jnp.tanh(run("E_f", image_s)), jnp.tanh(run("E_f", image_t))
+    (A_s, _), (A_t, _) = run("E_l", F_s), run("E_l", F_t)
+    B_s, B_t = run("G_b", F_s), run("G_b", F_t)
+    F_sltb, F_sbtl = run("G_st", A_s, B_t), run("G_st", A_t, B_s)
+    # Round 2: separate the recombinations and swap back: the cross-cycle reconstructions.
+    (A2_s, _), (A2_t, _) = run("E_l", F_sltb), run("E_l", F_sbtl)
+    B2_t, B2_s = run("G_b", F_sltb), run("G_b", F_sbtl)
+    F2_s, F2_t = run("G_st", A2_s, B2_s), run("G_st", A2_t, B2_t)
+
+    def au(path, images):
+        return steps.predict_au(config, nets, params, batch_stats, images, path)
+
+    probs = {"s_source_path": au("source", image_s), "s_target_path": au("target", image_s),
+             "t_source_path": au("source", image_t), "t_target_path": au("target", image_t),
+             "F_sltb": jax.nn.sigmoid(run("E_au", F_sltb)),
+             "F_sbtl": jax.nn.sigmoid(run("E_au", F_sbtl))}
+    return {"F_s": F_s, "F_t": F_t, "A_s": A_s, "A_t": A_t, "B_s": B_s, "B_t": B_t,
+            "F_sltb": F_sltb, "F_sbtl": F_sbtl, "F2_s": F2_s, "F2_t": F2_t, "probs": probs}
+
+
+def face_crop(detector, image_bgr, aligned: bool, name: str) -> np.ndarray:
+    """The most confident face of an image, as the (S, S, 3) crop the networks read."""
+    faces = [f for f in detector.faces(image_bgr, aligned) if f.crop is not None]
+    if not faces:
+        raise ValueError(f"{name}: no face found")
+    return faces[0].crop
+
+
+def figure(detector, source_bgr, target_bgr, out, aligned: bool = False,
+           names=("source", "target")):
+    """Draw the figure of the module doc for two BGR images and write it to `out`."""
+    missing = [n for n in NEEDED if n not in detector.networks]
+    if missing:
+        raise ValueError(f"{detector.checkpoint}: the figure needs a joint run with "
+                         f"{', '.join(NEEDED)}; this one lacks {', '.join(missing)}")
+    crops = [face_crop(detector, img, aligned, n)[None]
+             for img, n in ((source_bgr, names[0]), (target_bgr, names[1]))]
+    fn = jax.jit(functools.partial(cross_cycle, detector.config, detector.nets))
+    r = jax.device_get(fn(detector.params, detector.batch_stats, *crops))
+    r = jax.tree.map(lambda x: np.asarray(x)[0], r)
+
+    plt = _pyplot()
+    rows = [("source", crops[0][0], "s", "F_sltb", "F'_s"),
+            ("target", crops[1][0], "t", "F_sbtl", "F'_t")]
+    features = [r[k] for k in ("F_s", "F_t", "B_s", "B_t", "F_sltb", "F_sbtl", "F2_s", "F2_t")]
+    vmax = max(float(np.abs(f.mean(-1)).max()) for f in features) or 1.0
+    errors = {d: np.abs(r[f"F2_{d}"] - r[f"F_{d}"]).mean(-1) for d in ("s", "t")}
+    emax = max(float(e.max()) for e in errors.values()) or 1.0
+    fig, axes = plt.subplots(2, 8, figsize=(24, 6.4),
+                             gridspec_kw={"width_ratios": [1] * 7 + [1.6]})
+    for (label, crop, d, recombined, recon), ax in zip(rows, axes, strict=True):
+        rgb = (crop + 1.0) / 2.0
+        attention = r[f"A_{d}"].sum(-1)
+        ax[0].imshow(rgb)
+        ax[0].set_title(f"{label} face (aligned crop)")
+        ax[1].imshow(rgb)
+        # The s x s map over the S x S crop, cell j centred on crop pixel 4j: the pixel
+        # training taught it to mark (see audjax.detector).
+        size, half = rgb.shape[0], 2.0
+        ax[1].imshow(attention, cmap="inferno", alpha=0.6,
+                     extent=(-half, size - half, size - half, -half))
+        ax[1].set_title(f"E_l attention F_{d}l (sum)")
+        for i, (key, title) in enumerate(((f"F_{d}", f"F_{d} = E_f(I)"),
+                                          (f"B_{d}", f"background F_{d}b = G_b"),
+                                          (recombined, recombined),
+                                          (f"F2_{d}", f"reconstruction {recon}")), start=2):
+            ax[i].imshow(r[key].mean(-1), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            ax[i].set_title(title)
+        ax[6].imshow(errors[d], cmap="magma", vmin=0, vmax=emax)
+        ax[6].set_title(f"|{recon} - F_{d}| (mean {errors[d].mean():.3f})")
+        for a in ax[:7]:
+            a.axis("off")
+        _au_bars(ax[7], detector.au_columns, {
+            f"{label}, source path": r["probs"][f"{d}_source_path"],
+            f"{label}, target path": r["probs"][f"{d}_target_path"],
+            f"{recombined}": r["probs"][recombined]})
+    fig.suptitle(f"{detector.checkpoint}: feature maps are channel means (colour scale "
+                 f"±{vmax:.2f}); error maps 0-{emax:.2f}")
+    fig.tight_layout()
+    save_figure(fig, out)
+    plt.close(fig)
+    return r
+
+
+def _au_bars(ax, au_columns, probs: dict):
+    width = 0.8 / len(probs)
+    for i, (label, p) in enumerate(probs.items()):
+        ys = [k + (i - (len(probs) - 1) / 2) * width for k in range(len(au_columns))]
+        ax.barh(ys, p, width, label=label)
+    ax.set_yticks(range(len(au_columns)), au_columns)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_title("AU probabilities")
+    ax.legend(fontsize="x-small", loc="lower right")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m audjax.visualize",
+        description="The paper's Fig. 1 (separation, recombination, cross-cycle "
+                    "reconstruction) for a source and a target face.")
+    parser.add_argument("source", metavar="SOURCE_IMAGE")
+    parser.add_argument("target", metavar="TARGET_IMAGE")
+    parser.add_argument("--run", required=True, help="a joint run directory (its best "
+                                                     "checkpoint) or a checkpoint step directory")
+    parser.add_argument("--out", required=True, help="the figure (.png, .pdf, .svg)")
+    parser.add_argument("--aligned", action="store_true",
+                        help="the images are faces already aligned as the training images")
+    parser.add_argument("--device", help="cpu or gpu (default: JAX's default device)")
+    args = parser.parse_args(argv)
+    from audjax.detector import Detector
+
+    try:
+        detector = Detector.from_run(args.run, batch_size=1, device=args.device)
+        images = []
+        for name in (args.source, args.target):
+            frame = next(media.iter_frames([name]))
+            if frame.error is not None:
+                raise ValueError(f"{name}: {frame.error}")
+            images.append(frame.image)
+        figure(detector, *images, args.out, aligned=args.aligned,
+               names=(args.source, args.target))
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
