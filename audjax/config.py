@@ -90,6 +90,12 @@ class Config:
     keep: int = _f(2, "latest checkpoints kept (the best one is kept apart)")
     checkpoint_every: int = _f(0, "also save every this many steps (0 = once per epoch)")
     log_every: int = _f(50, "steps between progress lines and metric records")
+    # -- reliability -------------------------------------------------------------------------------
+    max_bad_images: int = _f(10, "images that cannot be used (missing, undecodable, smaller than "
+                                 "the crop, landmarks off the image) skipped with a warning "
+                                 "before the run stops; per training run and per evaluated set")
+    skip_nonfinite: int = _f(0, "training steps with a non-finite loss or update that are "
+                                "skipped (weights kept) before the run stops")
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -129,6 +135,23 @@ class Config:
             raise ValueError("--aus is empty")
         if self.phase == "eval" and not self.checkpoint:
             raise ValueError("--phase=eval needs --checkpoint=DIR")
+        self._validate_reliability()
+
+    def _validate_reliability(self) -> None:
+        """Values that would otherwise fail deep inside a run, after its long work began."""
+        for name in ("max_bad_images", "skip_nonfinite", "checkpoint_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name}={getattr(self, name)}: must be >= 0")
+        for group in ("task", "gen", "disc", "landmark"):
+            lr, b1, b2 = (getattr(self, f"{k}_{group}") for k in ("lr", "b1", "b2"))
+            if not lr > 0:
+                raise ValueError(f"--lr_{group}={lr}: must be positive")
+            for name, beta in ((f"b1_{group}", b1), (f"b2_{group}", b2)):
+                if not 0 <= beta < 1:
+                    raise ValueError(f"--{name}={beta}: must be in [0, 1)")
+        if not self.data_root and self.synth_image_size < max(self.crop, 32):
+            raise ValueError(f"--synth_image_size={self.synth_image_size}: SynthAU images must "
+                             f"be at least --crop={self.crop} (and 32)")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
