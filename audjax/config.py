@@ -92,7 +92,7 @@ class Config:
     log_every: int = _f(50, "steps between progress lines and metric records")
     # -- reliability -------------------------------------------------------------------------------
     max_bad_images: int = _f(10, "images that cannot be used (missing, undecodable, smaller than "
-                                 "the crop, landmarks off the image) skipped with a warning "
+                                 "the crop, landmarks far off the image) skipped with a warning "
                                  "before the run stops; per training run and per evaluated set")
     skip_nonfinite: int = _f(0, "training steps with a non-finite loss or update that are "
                                 "skipped (weights kept) before the run stops")

@@ -15,6 +15,7 @@ a checkpoint cannot be written.
 
 import dataclasses
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def main(argv):
             print(e, file=sys.stderr)
             sys.exit(0)
         _fail(str(e), e.status)
+    except KeyboardInterrupt:  # Ctrl-C outside training (data generation, evaluation)
+        _fail("interrupted", 128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

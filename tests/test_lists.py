@@ -155,10 +155,11 @@ def test_images_must_allow_the_crop_and_hold_their_landmarks(good, tmp_path):
     with pytest.raises(ListError, match=r"_path.txt:1: .*img/a.png: the 128x128 image is "
                                         r"smaller than the 144x144 crop$"):
         check_image_files(lists, tmp_path, crop=144)
-    # Line 3's second landmark moves off the image (x = 200 > 128); NaN is refused on reading.
-    write_text(f"{good}_land.txt", ["1 2 3 4", "5.5 6.25 7 8", "0 0 200 3"])
+    # Line 3's second landmark moves far off the image (x = 200 > 128 + 128 / 4); one just
+    # off the edge is fine (x = -20); NaN is refused on reading.
+    write_text(f"{good}_land.txt", ["1 2 3 4", "-20 6.25 7 8", "0 0 200 3"])
     with pytest.raises(ListError, match=r"_path.txt:3: .*img/c.png: landmark 2 \(200, 3\) lies "
-                                        r"outside the 128x128 image$"):
+                                        r"far outside the 128x128 image: not its pixels\?$"):
         read_lists(good, num_landmarks=2, data_root=tmp_path, check_images=True)
     # decode="first" decodes line 1 only (the trainer's cheap check) but finds every missing file.
     check_image_files(read_lists(good, num_landmarks=2), tmp_path, decode="first")

@@ -171,10 +171,10 @@ CASES = [
      LIST + r"target_train_path.txt:1: .*\.jpg: cannot decode image"),
     ("image smaller than the crop", {"crop": 80, "synth_image_size": 80}, _nothing,
      LIST + r"source_train_path.txt:1: .*\.jpg: the 72x72 image is smaller than the 80x80 crop"),
-    ("landmarks off the image", {},
+    ("landmarks far off the image", {},
      _edit("source_train", "land", 1, lambda x: "500" + x[x.index(" "):]),
-     LIST + r"source_train_path.txt:1: .*\.jpg: landmark 1 \(500, [\d.]+\) lies outside the "
-     r"72x72 image"),
+     LIST + r"source_train_path.txt:1: .*\.jpg: landmark 1 \(500, [\d.]+\) lies far outside "
+     r"the 72x72 image: not its pixels\?"),
     ("NaN landmark", {},
      _edit("source_train", "land", 7, lambda x: "nan" + x[x.index(" "):]),
      LIST + r"source_train_land.txt:7: value 1: nan is not finite"),

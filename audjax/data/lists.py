@@ -220,25 +220,28 @@ def sample_problem(image_shape, landmarks, crop=None):
     """Why an image of `image_shape` (H, W, ...) with (L, 2) `landmarks` cannot be used, or None.
 
     It must be at least crop x crop (when `crop` is given), and its landmarks must lie on it,
-    within [0, W] x [0, H]: aligned faces keep every landmark well inside the image, so a point
-    off it means the list's coordinates are not the aligned image's (e.g. raw-photo pixels).
+    give or take a quarter of its size: an aligned face keeps them near or inside its image
+    (an extreme pose may put a point just off the edge; L_l clips, L_fl does not mind), so a
+    point far off it means the list's coordinates are not the aligned image's pixels (e.g. those
+    of the raw photo).
 
-    >>> sample_problem((200, 200, 3), np.array([[10.0, 20.0]]), crop=176) is None
+    >>> sample_problem((200, 200, 3), np.array([[10.0, -20.0]]), crop=176) is None
     True
     >>> sample_problem((100, 120, 3), np.array([[10.0, 20.0]]), crop=176)
     'the 120x100 image is smaller than the 176x176 crop'
     >>> sample_problem((100, 120, 3), np.array([[10.0, 150.0]]))
-    'landmark 1 (10, 150) lies outside the 120x100 image'
+    'landmark 1 (10, 150) lies far outside the 120x100 image: not its pixels?'
     """
     height, width = image_shape[:2]
     if crop is not None and (height < crop or width < crop):
         return f"the {width}x{height} image is smaller than the {crop}x{crop} crop"
     x, y = landmarks[:, 0], landmarks[:, 1]
-    outside = ~((x >= 0) & (x <= width) & (y >= 0) & (y <= height))
+    mx, my = width / 4, height / 4
+    outside = ~((x >= -mx) & (x <= width + mx) & (y >= -my) & (y <= height + my))
     if outside.any():
         j = int(np.argmax(outside))
-        return (f"landmark {j + 1} ({x[j]:g}, {y[j]:g}) lies outside the {width}x{height} "
-                "image")
+        return (f"landmark {j + 1} ({x[j]:g}, {y[j]:g}) lies far outside the {width}x{height} "
+                "image: not its pixels?")
     return None
 
 

@@ -26,7 +26,10 @@ horizontal flip with probability 1/2 that mirrors the image and renumbers the la
 - batching happens before `to_iter_dataset`, so a batch is a pure function of (seed, step):
   the batches do not depend on the number of worker processes, and `get_state()` /
   `set_state()` resume exactly (the state is a small JSON-able dict, what orbax's grain
-  checkpoint handler stores). Batches run on across epoch boundaries when B does not divide N.
+  checkpoint handler stores). The state itself does depend on the number of workers: grain
+  cannot load a 0-worker state into N workers, and loads an N-worker state into M workers
+  without an error but at other batches; so a resumed run keeps its worker count
+  (`audjax.preflight`). Batches run on across epoch boundaries when B does not divide N.
 
 Evaluation: the centre crop at offset `int(round((W - S) / 2.0))`, torchvision's `CenterCrop`
 (which ADLD's `image_test` uses; Python's `round` rounds halves to even, so a 9-pixel margin
@@ -35,7 +38,7 @@ batch size by repeating the last image with mask False, so a jitted step never s
 
 Images are decoded with OpenCV (BGR -> RGB). An aligned image may have any size at least S×S.
 
-Unusable images (missing, undecodable, smaller than the crop, landmarks off the image: see
+Unusable images (missing, undecodable, smaller than the crop, landmarks far off the image: see
 `read_sample`) never stop a pipeline. In training, the source replaces list entry i by the next
 usable entry (i+1, i+2, ... wrapping around), so batch shapes stay fixed and a batch is still a
 pure function of (seed, step); the row records how many entries were skipped and the first of
