@@ -13,6 +13,7 @@ import numpy as np
 
 from audjax import losses, steps
 from audjax.data import pipeline
+from audjax.data.lists import check_command
 from audjax.errors import InputError
 from audjax.losses import MISSING_LABEL
 
@@ -95,10 +96,9 @@ class Evaluator:
         if len(pred["skipped"]) > self.config.max_bad_images:
             raise InputError(f"{lists.prefix}: {len(pred['skipped'])} images cannot be used, "
                              f"more than --max_bad_images={self.config.max_bad_images}; "
-                             f"check the list with python -m audjax.data.lists --check "
-                             f"{lists.prefix} --data_root {data_root} --crop {self.config.crop}")
+                             "check the list with "
+                             + check_command(lists.prefix, data_root, self.config.crop))
         return result
-
 
     def _why(self, lists, data_root, i) -> str:
         """Why image i was left out (decoded again: rare, and workers cannot send text)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from audjax.config import Config
 from audjax.data import pipeline
-from audjax.data.lists import Lists, list_file
+from audjax.data.lists import Lists, check_command, list_file
 from audjax.errors import InputError, NonFiniteError
 
 
@@ -60,8 +60,7 @@ class BadImages:
                     raise InputError(
                         f"{self.total} training images cannot be used, more than "
                         f"--max_bad_images={self.limit} (the last: {self._describe(lists, i)}); "
-                        f"check the lists with python -m audjax.data.lists --check PREFIX "
-                        f"--data_root {self.root} --crop {self.crop}")
+                        f"check the list with {check_command(lists.prefix, self.root, self.crop)}")
                 print(f"warning: step {step}: skipped {self._describe(lists, i)}, replaced by "
                       f"the next usable image ({self.total} so far; the run stops past "
                       f"--max_bad_images={self.limit})", file=sys.stderr, flush=True)

@@ -359,7 +359,13 @@ def write_weights(prefix, weights):
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: python -m audjax.data.lists --check PREFIX [--data_root DIR]
+# Command line: python -m audjax.data.lists --check PREFIX [--data_root DIR] [--crop S]
+
+
+def check_command(prefix, data_root, crop) -> str:
+    """The command that checks every image of a list, for messages that suggest it."""
+    return f"python -m audjax.data.lists --check {prefix} --data_root {data_root} --crop {crop}"
+
 
 
 def summary(lists, *, images_checked=False):
