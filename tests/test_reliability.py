@@ -456,11 +456,12 @@ def test_killed_and_stopped_runs_resume_bit_for_bit(cli, reference, tmp_path):
     left = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert left[0] == "2" and left[1].startswith("4.orbax-checkpoint-tmp") and len(left) == 2
     # 2. The same command resumes from 2 (never reading the half save); SIGKILL it from
-    # outside once checkpoint 6 is complete.
-    proc = cli(run)
+    # outside once checkpoint 6 is complete (saves wait 2 s first, so it is still the latest).
+    proc = cli(run, {"AUDJAX_TEST_SLOW_SAVE": "2"})
     wait_for(lambda: (run / "checkpoints" / "6" / checkpoints.COMMIT_MARKER).exists(), proc)
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
+    assert checkpoints.finished_steps(run / "checkpoints")[-1].name == "6"
     # 3. Again; SIGTERM after step 9: it finishes the step, saves and exits 0.
     log = tmp_path / "log.txt"
     with open(log, "w") as out:
