@@ -140,6 +140,12 @@ class Config:
     aligned_size: int = _f(0, "side of the aligned training images, kept with the checkpoints so "
                               "that the Detector aligns new faces alike (0: measured from the "
                               "first training image when training starts)")
+    # -- reliability -------------------------------------------------------------------------------
+    max_bad_images: int = _f(10, "images that cannot be used (missing, undecodable, smaller than "
+                                 "the crop, landmarks far off the image) skipped with a warning "
+                                 "before the run stops; per training run and per evaluated set")
+    skip_nonfinite: int = _f(0, "training steps with a non-finite loss or update that are "
+                                "skipped (weights kept) before the run stops")
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -210,6 +216,23 @@ class Config:
                              f"({self.crop})")
         if self.phase == "eval" and not self.checkpoint:
             raise ValueError("--phase=eval needs --checkpoint=DIR")
+        self._validate_reliability()
+
+    def _validate_reliability(self) -> None:
+        """Values that would otherwise fail deep inside a run, after its long work began."""
+        for name in ("max_bad_images", "skip_nonfinite", "checkpoint_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name}={getattr(self, name)}: must be >= 0")
+        for group in ("task", "gen", "disc", "landmark"):
+            lr, b1, b2 = (getattr(self, f"{k}_{group}") for k in ("lr", "b1", "b2"))
+            if not lr > 0:
+                raise ValueError(f"--lr_{group}={lr}: must be positive")
+            for name, beta in ((f"b1_{group}", b1), (f"b2_{group}", b2)):
+                if not 0 <= beta < 1:
+                    raise ValueError(f"--{name}={beta}: must be in [0, 1)")
+        if not self.data_root and self.synth_image_size < max(self.crop, 32):
+            raise ValueError(f"--synth_image_size={self.synth_image_size}: SynthAU images must "
+                             f"be at least --crop={self.crop} (and 32)")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -5,12 +5,16 @@ labels 999 dropped per AU; means over AUs. Numbers are percentages, as in the pa
 """
 
 import functools
+import os
+import sys
 
 import jax
 import numpy as np
 
 from audjax import losses, steps
 from audjax.data import pipeline
+from audjax.data.lists import check_command
+from audjax.errors import InputError
 from audjax.losses import MISSING_LABEL
 
 
@@ -53,13 +57,17 @@ class Evaluator:
                           if has_landmarks else None)
 
     def predict(self, params, batch_stats, lists, data_root, domain: str):
-        """Every image of `lists` once, centre-cropped. Returns a dict of arrays over the N real
-        images: "probs" (N, K) and/or "landmarks" / "target_landmarks" (N, L, 2) crop pixels."""
-        out = {}
+        """Every image of `lists` once, centre-cropped. Returns a dict of arrays over the N
+        usable images: "au" (N, K) their labels, "probs" (N, K) and/or "landmarks" /
+        "target_landmarks" (N, L, 2) crop pixels; and "skipped", the list indices of the images
+        that could not be used (`pipeline.read_sample`)."""
+        out, skipped, offset = {}, [], 0
         for batch in pipeline.eval_batches(lists, data_root, crop=self.config.crop,
                                            batch_size=self.config.eval_batch_size):
             keep = batch["mask"]
-            parts = {}
+            skipped += (offset + np.flatnonzero(batch["bad"])).tolist()
+            offset += len(keep)
+            parts = {"au": batch["au"]}
             if self.au is not None:
                 parts["probs"] = self.au[domain](params, batch_stats, batch["image"])
             if self.landmarks is not None:
@@ -67,17 +75,35 @@ class Evaluator:
                 parts["target_landmarks"] = batch["landmarks"]
             for k, v in parts.items():
                 out.setdefault(k, []).append(np.asarray(v)[keep])
-        return {k: np.concatenate(v) for k, v in out.items()}
+        return {**{k: np.concatenate(v) for k, v in out.items()}, "skipped": skipped}
 
     def evaluate(self, params, batch_stats, lists, data_root, domain: str) -> dict:
-        """AU metrics (when the run predicts AUs and the list has labels) and landmark NME."""
+        """AU metrics (when the run predicts AUs and the list has labels), landmark NME, and the
+        images left out ("skipped_images": "PATH: why" each). More than --max_bad_images of
+        them stop the run: metrics over what is left would mislead."""
         pred = self.predict(params, batch_stats, lists, data_root, domain)
         result = {}
-        if "probs" in pred and np.any(lists.au != MISSING_LABEL):
-            result.update(au_metrics(pred["probs"], lists.au, self.config.au_names))
+        if "probs" in pred and np.any(pred["au"] != MISSING_LABEL):
+            result.update(au_metrics(pred["probs"], pred["au"], self.config.au_names))
         if "landmarks" in pred:
             result.update(landmark_metrics(pred["landmarks"], pred["target_landmarks"]))
+        result["skipped_images"] = [f"{lists.paths[i]}: {self._why(lists, data_root, i)}"
+                                    for i in pred["skipped"]]
+        if result["skipped_images"]:
+            print(f"warning: {lists.prefix}: left out {len(pred['skipped'])} image(s) that "
+                  f"cannot be used: {'; '.join(result['skipped_images'][:3])}"
+                  + (" ..." if len(pred["skipped"]) > 3 else ""), file=sys.stderr, flush=True)
+        if len(pred["skipped"]) > self.config.max_bad_images:
+            raise InputError(f"{lists.prefix}: {len(pred['skipped'])} images cannot be used, "
+                             f"more than --max_bad_images={self.config.max_bad_images}; "
+                             "check the list with "
+                             + check_command(lists.prefix, data_root, self.config.crop))
         return result
+
+    def _why(self, lists, data_root, i) -> str:
+        """Why image i was left out (decoded again: rare, and workers cannot send text)."""
+        path = os.path.join(data_root or "", lists.paths[i])
+        return pipeline.read_sample(path, lists.landmarks[i], self.config.crop)[1] or "unusable"
 
 
 def landmark_metrics(pred, target) -> dict:

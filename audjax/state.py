@@ -35,12 +35,21 @@ GROUPS = {
 }
 
 
+def new_health() -> dict[str, jax.Array]:
+    """The record of non-finite steps that `steps.guard_nonfinite` keeps in the state: how many
+    steps were rejected, the last one, and bit masks of its non-finite loss terms (sorted metric
+    names) and networks (sorted network names)."""
+    return {"nonfinite_steps": jnp.zeros((), jnp.int32), "last_bad_step": jnp.zeros((), jnp.int32),
+            "bad_terms": jnp.zeros((), jnp.uint32), "bad_nets": jnp.zeros((), jnp.uint32)}
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
     params: dict[str, Any]
     batch_stats: dict[str, Any]
     opt_state: dict[str, Any]
+    health: dict[str, jax.Array] = flax.struct.field(default_factory=new_health)
 
 
 def network_names(config: Config, phase: str) -> tuple[str, ...]:

@@ -13,6 +13,23 @@ WORKDIR/pretrain and WORKDIR/joint. Every run directory gets:
 
 Init order (big_vision): the workdir's own latest checkpoint (resume), then --init_from, then
 scratch — so a restarted phase-2 run resumes instead of transplanting again.
+
+What can go wrong, and what happens (the table in BUILD.md lists every case; the classes that
+handle it while training are in `audjax.guards`):
+
+- Bad flags, paths, lists and checkpoints are found before any long work (`audjax.preflight`,
+  `load_data`): InputError, nothing written.
+- An image that cannot be used, met while training, is replaced by the next usable one (see
+  `audjax.data.pipeline`), warned about once, counted in metrics.jsonl (`bad_images`), and the
+  run stops past --max_bad_images. The set of such images is saved with each checkpoint.
+- A step with a non-finite loss term or update is rejected on the device
+  (`steps.guard_nonfinite`); the host reads the record with the metrics and before each save,
+  and stops past --skip_nonfinite without saving (NonFiniteError): the latest checkpoint stays
+  the last good one.
+- SIGTERM or SIGINT: the step in progress finishes, a checkpoint is saved, and the run stops
+  (Interrupted, exit status 0); the same command continues it. A second signal stops at once.
+- A resumed run continues bit for bit (on CPU): model, optimizer states, step, data positions,
+  and metrics.jsonl / TensorBoard records past the restored step are dropped.
 """
 
 import json
@@ -25,12 +42,14 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from audjax import checkpoints, steps
+from audjax import checkpoints, preflight, steps
 from audjax import state as state_lib
-from audjax.config import MODEL_FIELDS, Config, list_prefixes
+from audjax.config import Config, list_prefixes
 from audjax.data import pipeline
-from audjax.data.lists import Lists, atomic_write, read_lists
+from audjax.data.lists import Lists, atomic_write, check_image_files, read_lists
+from audjax.errors import InputError, Interrupted
 from audjax.evaluate import Evaluator, format_markdown, format_table
+from audjax.guards import BadImages, Health, StopSignals
 from audjax.losses import au_weights
 
 EVAL_SPLITS = ("target_test", "source_test", "target_val", "source_val")
@@ -73,31 +92,54 @@ def ensure_synthau(config: Config) -> Path:
 
 
 def load_data(config: Config, splits) -> Data:
-    """Read and validate the lists of `splits`; errors name the flag or file at fault."""
+    """Read and check the lists of `splits` (InputError naming the flag, or the file and
+    line). With --data_root every image must exist and the first of each list must be usable;
+    the others are checked as training meets them. Without it, SynthAU is generated first
+    (once): the first long work of a run, so every check that can come before it does."""
     if config.data_root:
-        root = Path(config.data_root).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"--data_root={config.data_root}: no such directory")
+        root = Path(config.data_root).expanduser()  # a directory: preflight.check_run
     else:
+        if "source_train" in splits:
+            _check_batches(config, config.synth_train, f"--synth_train={config.synth_train}")
         root = ensure_synthau(config)
     prefixes = list_prefixes(config)
     lists = {}
     for split in splits:
         prefix = root / prefixes[split]
         if not Path(f"{prefix}_path.txt").exists():
-            raise FileNotFoundError(f"--{split}={prefixes[split]}: no list {prefix}_path.txt "
-                                    f"under the data root {root}")
+            raise InputError(f"--{split}={prefixes[split]}: no list {prefix}_path.txt "
+                             f"under the data root {root}")
         lists[split] = read_lists(prefix, data_root=root, num_landmarks=config.num_landmarks)
         k = lists[split].au.shape[1]
         if k != len(config.au_names):
-            raise ValueError(f"{prefix}_AUoccur.txt has {k} AU columns but --aus names "
+            raise InputError(f"{prefix}_AUoccur.txt has {k} AU columns but --aus names "
                              f"{len(config.au_names)}: {config.aus}")
+        if config.data_root:  # SynthAU's generator checked its own images
+            check_image_files(lists[split], root, crop=config.crop, decode="first")
+    if config.data_root and "source_train" in lists:
+        _check_batches(config, len(lists["source_train"]),
+                       f"--source_train={prefixes['source_train']}")
     if "source_train" in lists:
         src = lists["source_train"]
         weights = src.weights if src.weights is not None else au_weights(src.au)
     else:
         weights = np.ones(len(config.au_names), np.float32)
     return Data(root=str(root), lists=lists, au_weights=weights)
+
+
+def _check_batches(config: Config, n: int, what: str):
+    """Each phase to train needs at least one batch of source training images per epoch."""
+    if config.steps_per_epoch:
+        return
+    for phase in _phases(config):
+        flag = "pretrain_batch_size" if phase == "pretrain" else "batch_size"
+        if n < getattr(config, flag):
+            raise InputError(f"{what}: {n} source training images, fewer than one batch "
+                             f"(--{flag}={getattr(config, flag)})")
+
+
+def _phases(config: Config) -> tuple[str, ...]:
+    return {"all": ("pretrain", "joint"), "eval": ()}.get(config.phase, (config.phase,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,19 +155,30 @@ class Recorder:
 
     def __init__(self, workdir: Path, phase: str, total_steps: int, steps_per_epoch: int,
                  images_per_step: int, start_step: int):
-        self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-        self.tb = SummaryWriter(str(workdir / "tb"))
+        # A resumed run first forgets the records of steps after its checkpoint (a killed run
+        # got further than it saved; those steps are done again): metrics.jsonl is rewritten
+        # without them (atomically; a line cut short by the kill goes too) and TensorBoard
+        # hides them (purge_step).
+        jsonl = workdir / "metrics.jsonl"
+        if start_step and jsonl.exists():
+            atomic_write(jsonl, "".join(line + "\n" for line in _records_up_to(jsonl, start_step)))
+        self.jsonl = open(jsonl, "a")  # noqa: SIM115 - closed in close()
+        self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start_step + 1 if start_step
+                                else None)
         self.phase, self.total, self.spe = phase, total_steps, steps_per_epoch
         self.images_per_step = images_per_step
         self.mark_step, self.mark_time = start_step, time.perf_counter()
 
     def write(self, step: int, split: str, values: dict):
         flat = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        # A skipped non-finite step's values are written as null (JSON has no NaN).
+        record = {k: v if math.isfinite(v) else None for k, v in flat.items()}
         self.jsonl.write(json.dumps({"phase": self.phase, "split": split, "step": step,
-                                     "epoch": step / self.spe, **flat}) + "\n")
+                                     "epoch": step / self.spe, **record}) + "\n")
         self.jsonl.flush()
         for k, v in flat.items():
-            self.tb.add_scalar(f"{split}/{k}", v, step)
+            if math.isfinite(v):
+                self.tb.add_scalar(f"{split}/{k}", v, step)
         self.tb.flush()
 
     def train_step(self, step: int, metrics: dict):
@@ -151,12 +204,16 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _fetch(metrics: dict, step: int) -> dict:
-    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    bad = [k for k, v in out.items() if not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"non-finite {bad} at step {step}")
-    return out
+def _records_up_to(jsonl: Path, step: int) -> list[str]:
+    """The lines of metrics.jsonl that are whole JSON records of steps <= `step`."""
+    kept = []
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,10 +224,7 @@ def _fetch(metrics: dict, step: int) -> dict:
 def _phase_settings(config: Config, phase: str, data: Data):
     batch = config.pretrain_batch_size if phase == "pretrain" else config.batch_size
     epochs = config.pretrain_epochs if phase == "pretrain" else config.epochs
-    spe = config.steps_per_epoch or len(data.lists["source_train"]) // batch
-    if spe < 1:
-        raise ValueError(f"source_train has {len(data.lists['source_train'])} images, fewer "
-                         f"than one batch of {batch}")
+    spe = config.steps_per_epoch or len(data.lists["source_train"]) // batch  # >= 1: load_data
     total = epochs * spe
     if config.max_steps:
         total = min(total, config.max_steps)
@@ -180,13 +234,7 @@ def _phase_settings(config: Config, phase: str, data: Data):
 def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_stats):
     """--init_from: transplant a pretrain run (models B, C) or take every weight of a joint run
     (fine-tuning, any model). Models A and source-only otherwise start from scratch."""
-    if phase != "joint":
-        return params, batch_stats
-    if not config.init_from:
-        if config.uses_transplant:
-            raise ValueError(f"--model={config.model} (with the transplant on) starts from the "
-                             "phase-1 landmark net: pass --init_from=PRETRAIN_RUN_DIR (or use "
-                             "--phase=all, or --notransplant)")
+    if phase != "joint" or not config.init_from:  # preflight: B and C cannot get here
         return params, batch_stats
     step_dir = checkpoints.resolve_checkpoint(config.init_from)
     if checkpoints.read_checkpoint_config(step_dir).get("phase") != "pretrain":
@@ -205,7 +253,8 @@ def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_st
 
 
 def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
-    """Train one phase in `workdir`; returns the best validation metrics."""
+    """Train one phase in `workdir`; returns the best validation metrics. A stop signal ends it
+    early with a checkpoint saved (Interrupted)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_json = config.replace(phase=phase).to_json()
     atomic_write(workdir / "config.json", config_json)
@@ -216,24 +265,23 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
     txs = state_lib.make_optimizers(config, names, spe, phase)
     state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(config.seed))
 
-    two_streams = phase == "joint" and config.model != "source_only"
-    iterators = {"source_iter": pipeline.train_iter(
-        data.lists["source_train"], data.root, crop=config.crop, batch_size=batch,
-        seed=pipeline.stream_seed(config.seed, "source"), workers=config.workers)}
-    if two_streams:
-        iterators["target_iter"] = pipeline.train_iter(
-            data.lists["target_train"], data.root, crop=config.crop, batch_size=batch,
-            seed=pipeline.stream_seed(config.seed, "target"), workers=config.workers)
+    streams = ["source"]
+    if phase == "joint" and config.model != "source_only":
+        streams.append("target")
+    iterators = {f"{name}_iter": pipeline.train_iter(
+        data.lists[f"{name}_train"], data.root, crop=config.crop, batch_size=batch,
+        seed=pipeline.stream_seed(config.seed, name), workers=config.workers)
+        for name in streams}
+    bad_images = BadImages({name: data.lists[f"{name}_train"] for name in streams}, data.root,
+                           config.crop, config.max_bad_images)
 
     ckpts = checkpoints.RunCheckpoints(workdir, config.keep, higher_is_better=phase != "pretrain")
     restored = ckpts.restore_latest(state, iterators) if config.resume else None
     if restored is not None:
-        state = restored[0]
+        state, saved_metrics = restored
+        bad_images.restore(saved_metrics.get("bad_images", {}))
         print(f"[{phase}] resumed from {workdir / 'checkpoints'} at step {int(state.step)}",
               flush=True)
-    elif ckpts.latest.latest_step() is not None:
-        raise FileExistsError(f"{workdir} already has checkpoints and --noresume was given; "
-                              "choose another --workdir")
     else:
         params, bs = _initial_weights(config, phase, workdir, state.params, state.batch_stats)
         state = state_lib.fresh_optimizer_state(params, bs, txs)
@@ -241,29 +289,47 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
     step_fn = steps.make_train_step(config, phase, nets, txs, data.au_weights)
     evaluator = Evaluator(config, nets, names)
     start = int(state.step)
-    recorder = Recorder(workdir, phase, total, spe, batch * (2 if two_streams else 1), start)
+    recorder = Recorder(workdir, phase, total, spe, batch * len(streams), start)
+    health = Health(config, ckpts, state)
     what = "landmark net" if phase == "pretrain" else f"model {config.model}"
     print(f"[{phase}] {what}: {', '.join(names)}; {spe} steps/epoch, {epochs} "
           f"epochs, {total} steps, batch {batch}, crop {config.crop}, width {config.width}",
           flush=True)
     try:
-        for step in range(start + 1, total + 1):
-            batch_in = {name.removesuffix("_iter"): next(it) for name, it in iterators.items()}
-            if phase == "pretrain":
-                batch_in = batch_in["source"]
-            state, metrics = step_fn(state, batch_in)
-            if step % config.log_every == 0 or step == total:
-                recorder.train_step(step, _fetch(metrics, step))
-            end_of_epoch = step % spe == 0 or step == total
-            if end_of_epoch:
-                val = validate(config, phase, evaluator, state, data)
-                recorder.write(step, "val", val)
-                print(f"[{phase}] validation at step {step}: "
-                      + " ".join(f"{k} {v:.2f}" for k, v in val.items()), flush=True)
-                if ckpts.is_better(val["selection"]):
-                    ckpts.save_best(state, config_json, val)
-            if end_of_epoch or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                ckpts.save_latest(state, iterators, config_json, {"step": step})
+        with StopSignals() as stop:
+            for step in range(start + 1, total + 1):
+                batch_in = {}
+                for name in streams:
+                    batch_in[name] = next(iterators[f"{name}_iter"])
+                    bad_images.take(name, batch_in[name], step)
+                state, metrics = step_fn(state, batch_in["source"] if phase == "pretrain"
+                                         else batch_in)
+                if step % config.log_every == 0 or step == total:
+                    values, h = jax.device_get((metrics, state.health))
+                    count = health.check(state, metrics, h)
+                    recorder.train_step(step, {**{k: float(v) for k, v in values.items()},
+                                               "bad_images": bad_images.total,
+                                               "nonfinite_steps": count})
+                end_of_epoch = step % spe == 0 or step == total
+                if end_of_epoch:
+                    val = validate(config, phase, evaluator, state, data)
+                    recorder.write(step, "val", val)
+                    print(f"[{phase}] validation at step {step}: "
+                          + " ".join(f"{k} {v:.2f}" for k, v in val.items()), flush=True)
+                    if ckpts.is_better(val["selection"]):
+                        health.check(state, metrics)
+                        ckpts.save_best(state, config_json, val)
+                stopping = stop.received  # read once: a signal from here on waits a step
+                if (end_of_epoch or stopping
+                        or (config.checkpoint_every and step % config.checkpoint_every == 0)):
+                    health.check(state, metrics)
+                    ckpts.save_latest(state, iterators, config_json,
+                                      {"step": step, "bad_images": bad_images.state()})
+                if stopping:
+                    raise Interrupted(
+                        f"stopped by {stopping} after step {step} of {total}; checkpoint saved "
+                        f"in {ckpts.latest.directory / str(step)}; run the same command to "
+                        "continue")
     finally:
         ckpts.close()
         recorder.close()
@@ -294,16 +360,15 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
     """Evaluate a checkpoint's weights on the test and validation sets of both domains; write
     results.json and results.md to `out_dir` and print the tables."""
     step_dir = checkpoints.resolve_checkpoint(checkpoint)
-    saved = Config.from_dict(checkpoints.read_checkpoint_config(step_dir))
     # The network comes from the checkpoint's config; data and evaluation from the current one.
-    model_config = config.replace(**{f: getattr(saved, f) for f in MODEL_FIELDS})
-    phase = saved.phase
+    model_config = checkpoints.model_config(config, step_dir)
+    phase = model_config.phase
     nets = state_lib.build_networks(model_config, len(model_config.au_names))
     names = state_lib.network_names(model_config, phase)
     params, bs = state_lib.init_variables(model_config, nets, names, jax.random.PRNGKey(0))
     params, bs = checkpoints.load_weights(step_dir, params, bs)
     evaluator = Evaluator(model_config, nets, names)
-    results = {"checkpoint": str(step_dir), "phase": phase, "model": saved.model,
+    results = {"checkpoint": str(step_dir), "phase": phase, "model": model_config.model,
                "target_eval_path": config.target_eval_path}
     for split in EVAL_SPLITS:
         if split not in data.lists:
@@ -337,9 +402,10 @@ def with_aligned_size(config: Config, data: Data) -> Config:
 
 
 def train_and_evaluate(config: Config, workdir) -> dict:
-    """Run `config.phase` in `workdir` and return the final results."""
-    config.validate()
+    """Run `config.phase` in `workdir` and return the final results. Every check comes before
+    any long work (`audjax.preflight`, then `load_data`); a failed check writes nothing."""
     workdir = Path(workdir)
+    preflight.check_run(config, workdir, None if config.data_root else synthau_dir(config))
     if config.phase == "eval":
         data = load_data(config, EVAL_SPLITS)
         return evaluate_checkpoint(config, config.checkpoint, data, workdir)

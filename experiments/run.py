@@ -9,9 +9,16 @@ a flag with the same name and default; --workdir names the run directory. --mode
 the loss weights and the transplant; such flags given after it (flag files read in place)
 override the preset, so `--flagfile=joint.flags --model=A` is model A with A's weights and
 `--model=C --lambda_self=3` is model C with ADLD's self-reconstruction term added.
+
+A run that stops on purpose prints one line (no traceback) and exits with the status of
+`audjax.errors`: 2 for a wrong flag, file or path (found before any long work), 0 after a stop
+signal (the checkpoint is saved; the same command continues), 3 for non-finite training, 1 when
+a checkpoint cannot be written.
 """
 
 import dataclasses
+import re
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -20,6 +27,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from audjax.config import PRESET_FIELDS, Config
+from audjax.errors import RunError
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,6 +49,11 @@ _define_flags()
 FLAGS = flags.FLAGS
 
 
+def _fail(message: str, status: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
 def _resolve_flagfiles(argv):
     """Let `--flagfile=NAME` find experiments/NAME when NAME is not a path from here."""
     out = []
@@ -50,7 +63,7 @@ def _resolve_flagfiles(argv):
             if not Path(name).exists() and (HERE / name).exists():
                 arg = f"--flagfile={HERE / name}"
             elif not Path(name).exists():
-                sys.exit(f"--flagfile={name}: no such file (looked here and in {HERE})")
+                _fail(f"--flagfile={name}: no such file (looked here and in {HERE})")
         out.append(arg)
     return out
 
@@ -76,19 +89,57 @@ def preset_overrides(args) -> set[str]:
     return given
 
 
+def _where(name: str, argv) -> str:
+    """"FILE:LINE: " of the flag-file line that set --name last (absl lets the last setting
+    win), or "" when the command line itself set it last."""
+    found = ""
+    pattern = re.compile(rf"--(no)?{re.escape(name)}(=|$)")
+
+    def scan(args, file=None):
+        nonlocal found
+        for line_no, arg in args:
+            arg = arg.strip()
+            if arg.startswith("--flagfile="):
+                path = Path(arg.split("=", 1)[1]).expanduser()
+                try:
+                    lines = path.read_text().splitlines()
+                except OSError:
+                    continue
+                scan(list(enumerate(lines, 1)), path)
+            elif pattern.match(arg):
+                found = f"{file}:{line_no}: " if file else ""
+
+    scan([(None, a) for a in argv[1:]])
+    return found
+
+
+def _parse_flags(argv):
+    """absl's parser, but its errors are one line naming the flag (and the flag file and line
+    it came from) with exit status 2; absl itself prints usage hints and exits with 1."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        message = str(e).splitlines()[0]
+        name = getattr(e, "flagname", None)
+        if name is None:
+            found = re.match(r"flag --(\w+)=", message)
+            name = found and found.group(1)
+        _fail((_where(name, argv) if name else "") + message)
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
     absl_logging.set_verbosity(absl_logging.WARNING)  # keep library INFO lines off the console
-    overrides = preset_overrides(ARGV[1:])
+    overrides = preset_overrides(_resolve_flagfiles(sys.argv)[1:])
     values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)}
     values.update({name: None for name in PRESET_FIELDS if name not in overrides})
     config = Config(**values)
-    try:
-        config.validate()
-    except ValueError as e:
-        sys.exit(f"error: {e}")
     if FLAGS.print_config:
+        try:
+            config.validate()
+        except ValueError as e:
+            _fail(str(e))
         print(config.to_json())
         return
     # Imported here so that --help and flag errors need no JAX start-up.
@@ -96,11 +147,14 @@ def main(argv):
 
     try:
         train_and_evaluate(config, FLAGS.workdir)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except RunError as e:
+        if e.status == 0:
+            print(e, file=sys.stderr)
+            sys.exit(0)
+        _fail(str(e), e.status)
+    except KeyboardInterrupt:  # Ctrl-C outside training (data generation, evaluation)
+        _fail("interrupted", 128 + signal.SIGINT)
 
-
-ARGV = _resolve_flagfiles(sys.argv)
 
 if __name__ == "__main__":
-    app.run(main, argv=ARGV)
+    app.run(main, argv=_resolve_flagfiles(sys.argv), flags_parser=_parse_flags)

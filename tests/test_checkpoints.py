@@ -1,5 +1,9 @@
 """Checkpoint round trip, the phase-1 -> phase-2 transplant, and reading with Orbax alone."""
 
+import shutil
+import subprocess
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +13,7 @@ import pytest
 from audjax import checkpoints
 from audjax import state as state_lib
 from audjax.config import Config
+from audjax.errors import InputError, SaveError
 
 K = 6
 CONFIG = Config(crop=64, width=0.25)
@@ -93,6 +98,111 @@ def test_transplant_mismatch_names_the_path(tmp_path):
         checkpoints.transplant(tmp_path / "pretrain", wider.params, wider.batch_stats)
 
 
-def test_resolve_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+def at_step(state, step):
+    return state.replace(step=jnp.asarray(step, jnp.int32))
+
+
+def test_only_finished_checkpoints_are_read(tmp_path, capsys):
+    with pytest.raises(InputError, match="no such file"):
+        checkpoints.resolve_checkpoint(tmp_path / "missing")
+    with pytest.raises(InputError, match=f"{tmp_path}: no checkpoint"):
         checkpoints.resolve_checkpoint(tmp_path)
+    state = make_state("pretrain")
+    ck = checkpoints.RunCheckpoints(tmp_path, keep=5, higher_is_better=True)
+    ck.save_latest(at_step(state, 3), {}, CONFIG.to_json(), {"step": 3})
+    ck.close()
+    manager = tmp_path / "checkpoints"
+    # What a run killed during a save leaves: passed over, and refused when named.
+    tmp_save = manager / "5.orbax-checkpoint-tmp-1234"
+    shutil.copytree(manager / "3", tmp_save)
+    (tmp_save / checkpoints.COMMIT_MARKER).unlink()
+    assert checkpoints.resolve_checkpoint(manager) == manager / "3"
+    with pytest.raises(InputError, match="a half-written checkpoint .an interrupted save.; "):
+        checkpoints.resolve_checkpoint(tmp_save)
+    # A numbered step without Orbax's commit marker (a save interrupted where renames are not
+    # atomic, a copy cut short) is refused when it is the one to read ...
+    shutil.copytree(manager / "3", manager / "7")
+    (manager / "7" / checkpoints.COMMIT_MARKER).unlink()
+    for path in (manager, manager / "7"):
+        with pytest.raises(InputError, match=r"/7: a half-written checkpoint \(no commit_succ"):
+            checkpoints.resolve_checkpoint(path)
+    # ... as is an old step whose deletion was interrupted, or anything else.
+    (manager / "2" / "state").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"/2: not an Orbax checkpoint, or one half deleted"):
+        checkpoints.resolve_checkpoint(manager / "2")
+    assert checkpoints.finished_steps(manager) == [manager / "3"]
+    # The run itself, restarted, removes them (Orbax would take them for checkpoints) and
+    # resumes from the newest finished step; its next saves do not collide with the leftovers.
+    ck = checkpoints.RunCheckpoints(tmp_path, keep=5, higher_is_better=True)
+    assert capsys.readouterr().err.count("warning: removing ") == 2
+    restored, metrics = ck.restore_latest(make_state("pretrain", seed=4), {})
+    assert metrics == {"step": 3} and int(restored.step) == 3
+    for step in (5, 7):
+        ck.save_latest(at_step(state, step), {}, CONFIG.to_json(), {"step": step})
+    ck.close()
+    assert sorted(p.name for p in manager.iterdir()) == ["3", "5", "7"]
+
+
+def test_fit_check_reads_metadata_only_and_names_the_path(tmp_path):
+    ck = checkpoints.RunCheckpoints(tmp_path, keep=1, higher_is_better=True)
+    ck.save_latest(make_state("pretrain"), {}, CONFIG.to_json(), {"step": 1})
+    ck.close()
+    step_dir = checkpoints.resolve_checkpoint(tmp_path / "checkpoints")
+    abstract = jax.eval_shape(lambda: make_state("pretrain", config=CONFIG.replace(width=0.5)))
+    template = {"params": abstract.params}
+    with pytest.raises(InputError, match=r"^W: params/landmark_net/head/bn0/bias has shape "
+                                         r"\(32,\) in .*/checkpoints/7, this run needs \(64,\)$"):
+        checkpoints.check_fits(step_dir, template, "W")
+    with pytest.raises(InputError, match=r"^W: .*/7 has no params/E_f/head/bn0/bias$"):
+        checkpoints.check_fits(step_dir, {"params": {"E_f": template["params"]["landmark_net"]}},
+                               "W")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs: a real full disk (needs the privilege to mount, which root has here)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("found", ["before the save", "by Orbax"])
+def test_full_disk_keeps_the_previous_checkpoint(small_disk, monkeypatch, found):
+    state = make_state("joint").replace(step=jnp.asarray(0, jnp.int32))
+    size = sum(x.nbytes for x in jax.tree.leaves(state))
+    assert 4_200_000 < size < 7_000_000  # one checkpoint fits in 8 MB, two do not
+    ck = checkpoints.RunCheckpoints(small_disk, keep=2, higher_is_better=True)
+    ck.save_latest(state, {}, CONFIG.to_json(), {"step": 0})
+    if found == "by Orbax":  # hide the free-space check: the disk fills during the save
+        monkeypatch.setattr(checkpoints.shutil, "disk_usage",
+                            lambda path: types.SimpleNamespace(free=2**40))
+        why = r"No space left on device \(errno 28\)"
+    else:
+        why = r"no room: it needs about 4.\d MiB, the disk has \d.\d MiB free"
+    with pytest.raises(SaveError, match=rf"^saving checkpoint 1 in .*/checkpoints failed: {why}; "
+                                        r"the latest complete one is .*/checkpoints/0\. Make room"):
+        ck.save_latest(state.replace(step=state.step + 1), {}, CONFIG.to_json(), {"step": 1})
+    ck.close()  # does not raise again
+    monkeypatch.undo()
+    ck = checkpoints.RunCheckpoints(small_disk, keep=2, higher_is_better=True)
+    restored, metrics = ck.restore_latest(make_state("joint", seed=9), {})
+    ck.close()
+    assert metrics == {"step": 0}
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_only_disk_is_found_before_the_save(small_disk):
+    state = make_state("pretrain").replace(step=jnp.asarray(0, jnp.int32))
+    ck = checkpoints.RunCheckpoints(small_disk, keep=2, higher_is_better=True)
+    ck.save_latest(state, {}, CONFIG.to_json(), {"step": 0})
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(SaveError, match=r"^saving checkpoint 1 in .*/checkpoints failed: "
+                                        r"Read-only file system; the latest complete one is "
+                                        r".*/checkpoints/0\. Make room"):
+        ck.save_latest(state.replace(step=state.step + 1), {}, CONFIG.to_json(), {"step": 1})
+    ck.close()

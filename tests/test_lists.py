@@ -20,15 +20,16 @@ def write_text(path, lines):
 
 @pytest.fixture
 def good(tmp_path):
-    """A valid 3-sample prefix with 2 landmarks and 3 AUs, written by hand; images decode."""
+    """A valid 3-sample prefix with 2 landmarks and 3 AUs, written by hand; 128x128 images
+    that decode and hold their landmarks."""
     prefix = tmp_path / "list" / "demo"
     prefix.parent.mkdir()
     paths = ["img/a.png", "img/b.png", "img/c.png"]
     (tmp_path / "img").mkdir()
     for p in paths:
-        cv2.imwrite(str(tmp_path / p), np.full((8, 8, 3), 7, np.uint8))
+        cv2.imwrite(str(tmp_path / p), np.full((128, 128, 3), 7, np.uint8))
     write_text(f"{prefix}_path.txt", paths)
-    write_text(f"{prefix}_land.txt", ["1 2 3 4", "5.5 6.25 7 8", "-1 0 1e2 3"])
+    write_text(f"{prefix}_land.txt", ["1 2 3 4", "5.5 6.25 7 8", "0 -0 1e2 3"])
     write_text(f"{prefix}_AUoccur.txt", ["1 0 999", "0 0 0", "1 1 1"])
     return prefix
 
@@ -38,7 +39,7 @@ def test_reads_a_hand_written_list(good, tmp_path):
     assert lists.paths == ("img/a.png", "img/b.png", "img/c.png") and len(lists) == 3
     assert lists.landmarks.dtype == np.float32 and lists.au.dtype == np.int32
     np.testing.assert_array_equal(lists.landmarks[1], [[5.5, 6.25], [7, 8]])
-    np.testing.assert_array_equal(lists.landmarks[2], [[-1, 0], [100, 3]])
+    np.testing.assert_array_equal(lists.landmarks[2], [[0, 0], [100, 3]])
     np.testing.assert_array_equal(lists.au, [[1, 0, 999], [0, 0, 0], [1, 1, 1]])
     assert lists.weights is None and lists.prefix == str(good)
 
@@ -138,12 +139,33 @@ def test_empty_and_missing_files(good):
 def test_missing_and_undecodable_images(good, tmp_path):
     read_lists(good, num_landmarks=2)  # images are only looked at on request
     (tmp_path / "img" / "b.png").write_bytes(b"not a png")
-    with pytest.raises(ListError, match=r"_path.txt:2: cannot decode image: .*img/b.png$"):
+    with pytest.raises(ListError, match=r"_path.txt:2: .*img/b.png: cannot decode image$"):
         read_lists(good, num_landmarks=2, data_root=tmp_path, check_images=True)
     os.remove(tmp_path / "img" / "c.png")
     (tmp_path / "img" / "b.png").unlink()
     with pytest.raises(ListError, match=r"_path.txt:2: image not found: .*img/b.png$"):
         read_lists(good, num_landmarks=2, data_root=tmp_path, check_images=True)
+
+
+def test_images_must_allow_the_crop_and_hold_their_landmarks(good, tmp_path):
+    from audjax.data.lists import check_image_files
+
+    lists = read_lists(good, num_landmarks=2)
+    check_image_files(lists, tmp_path, crop=128)  # 128x128 images: the largest crop they allow
+    with pytest.raises(ListError, match=r"_path.txt:1: .*img/a.png: the 128x128 image is "
+                                        r"smaller than the 144x144 crop$"):
+        check_image_files(lists, tmp_path, crop=144)
+    # Line 3's second landmark moves far off the image (x = 200 > 128 + 128 / 4); one just
+    # off the edge is fine (x = -20); NaN is refused on reading.
+    write_text(f"{good}_land.txt", ["1 2 3 4", "-20 6.25 7 8", "0 0 200 3"])
+    with pytest.raises(ListError, match=r"_path.txt:3: .*img/c.png: landmark 2 \(200, 3\) lies "
+                                        r"far outside the 128x128 image: not its pixels\?$"):
+        read_lists(good, num_landmarks=2, data_root=tmp_path, check_images=True)
+    # decode="first" decodes line 1 only (the trainer's cheap check) but finds every missing file.
+    check_image_files(read_lists(good, num_landmarks=2), tmp_path, decode="first")
+    os.remove(tmp_path / "img" / "c.png")
+    with pytest.raises(ListError, match=r"_path.txt:3: image not found"):
+        check_image_files(read_lists(good, num_landmarks=2), tmp_path, decode="first")
 
 
 def test_long_list_reports_the_right_line(tmp_path):
@@ -175,5 +197,5 @@ def test_cli_check(good, tmp_path):
     assert "all 3 images decode" in result.stdout
     os.remove(tmp_path / "img" / "c.png")
     result = run_cli("--check", str(good), "--data_root", str(tmp_path), "--num_landmarks", "2")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{good}_path.txt:3: image not found" in result.stderr

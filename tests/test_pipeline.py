@@ -6,13 +6,14 @@ not with the pipeline's own helpers.
 """
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from audjax.data.lists import Lists
-from audjax.data.pipeline import eval_batches, main, stream_seed, train_iter
+from audjax.data.pipeline import eval_batches, main, read_sample, stream_seed, train_iter
 from audjax.landmarks import FLIP_PERM, LEFT_EYE, RIGHT_EYE
 
 SIZE, CROP, K, L = 72, 64, 6, 49
@@ -111,7 +112,8 @@ def test_stream_seed_is_stable_and_separates_streams():
 def test_train_batch_shapes_dtypes_ranges(tmp_path):
     lists, _ = _write(tmp_path, 6)
     batch = next(train_iter(lists, tmp_path, crop=CROP, batch_size=4, seed=0, workers=0))
-    assert batch.keys() == {"image", "landmarks", "au"}
+    assert batch.keys() == {"image", "landmarks", "au", "bad", "bad_index"}
+    assert batch["bad"].tolist() == [0] * 4 and batch["bad_index"].tolist() == [-1] * 4
     assert batch["image"].shape == (4, CROP, CROP, 3) and batch["image"].dtype == np.float32
     assert batch["landmarks"].shape == (4, L, 2) and batch["landmarks"].dtype == np.float32
     assert batch["au"].shape == (4, K) and batch["au"].dtype == np.int32
@@ -238,22 +240,47 @@ def test_eval_covers_every_image_once_in_order_with_centre_crop(tmp_path):
         np.testing.assert_array_equal(rows[key][10:], rows[key][[9, 9]])
 
 
-def test_errors_name_the_file(tmp_path):
-    lists, _ = _write(tmp_path, 2, shapes=((60, 70),))
-    with pytest.raises(ValueError, match=r"img/00[01]\.png: crop 64x64 is larger than the "
-                                         r"image \(70x60\)"):
-        next(train_iter(lists, tmp_path, crop=CROP, batch_size=2, seed=0, workers=0))
-    with pytest.raises(ValueError, match=r"img/000\.png: crop 64x64 is larger"):
-        next(eval_batches(lists, tmp_path, crop=CROP, batch_size=2))
+def test_unusable_images_are_replaced_in_training_and_masked_in_eval(tmp_path):
+    # Image 1 does not decode, image 3 is missing, image 5 is smaller than the crop.
+    lists, images = _write(tmp_path, 6, shapes=((SIZE, SIZE),) * 5 + ((60, 70),))
     (tmp_path / lists.paths[1]).write_bytes(b"not an image")
-    with pytest.raises(ValueError, match=r"img/001\.png: cannot decode image"):
-        list(eval_batches(lists, tmp_path, crop=8, batch_size=1))
-    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
-        next(eval_batches(Lists(("missing.png",), lists.landmarks[:1], lists.au[:1], None, "p"),
-                          tmp_path, crop=8, batch_size=1))
+    (tmp_path / lists.paths[3]).unlink()
+    substitute = {1: 2, 3: 4, 5: 0}  # the next usable entry, wrapping around
+    it = train_iter(lists, tmp_path, crop=CROP, batch_size=3, seed=4, workers=0)
+    seen = set()
+    for batch in _take(it, 4):  # two epochs
+        assert batch["image"].shape == (3, CROP, CROP, 3)
+        for row, sample in enumerate(_sample_ids(batch)):
+            first, skipped = int(batch["bad_index"][row]), int(batch["bad"][row])
+            if skipped:
+                assert (first, skipped, sample) == (first, 1, substitute[first])
+                seen.add(first)
+            else:
+                assert first == -1 and sample in (0, 2, 4)
+            # The row is a crop of the image it names (the substitute's pixels and labels).
+            assert _find_crop(batch["image"][row], images[sample], CROP)
+    assert seen == {1, 3, 5}
+
+    batches = list(eval_batches(lists, tmp_path, crop=CROP, batch_size=4))
+    mask = np.concatenate([b["mask"] for b in batches]).tolist()
+    bad = np.concatenate([b["bad"] for b in batches]).tolist()
+    assert mask == [True, False, True, False, True, False, False, False]
+    assert bad == [False, True, False, True, False, True, False, False]  # padding is not bad
     with pytest.raises(ValueError, match="flipping needs 49 landmarks"):
         train_iter(Lists(lists.paths, lists.landmarks[:, :5], lists.au, None, "p"), tmp_path,
                    crop=8, batch_size=1, seed=0, workers=0)
+
+
+def test_read_sample_says_why(tmp_path):
+    lists, _ = _write(tmp_path, 1)
+    path, points = str(tmp_path / lists.paths[0]), lists.landmarks[0]
+    assert read_sample(path, points, CROP)[1] is None
+    assert read_sample(path, points, 80)[1] == "the 72x72 image is smaller than the 80x80 crop"
+    assert read_sample(path, points + [0, 60], CROP)[1].startswith("landmark ")
+    assert read_sample(str(tmp_path / "nope.png"), points, CROP)[1] == "No such file or directory"
+    for data in (b"", b"junk", Path(path).read_bytes()[:200]):  # empty, not an image, truncated
+        Path(path).write_bytes(data)
+        assert read_sample(path, points, CROP) == (None, "cannot decode image")
 
 
 def test_bench_runs_on_synthetic_images(capsys):

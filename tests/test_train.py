@@ -11,19 +11,9 @@ import pytest
 
 from audjax import checkpoints
 from audjax.config import Config
-from audjax.data import synth
 from audjax.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthau")
-    sizes = {"source_train": 32, "target_train": 32, "source_val": 16, "source_test": 16,
-             "target_val": 16, "target_test": 16}
-    synth.generate(out, sizes=sizes, image_size=72, seed=0, workers=1, progress=False)
-    return out
 
 
 def tiny(root, **kw):
@@ -146,9 +136,14 @@ def run_cli(*args):
 
 
 def test_cli_rejects_unknown_flag_and_missing_data():
-    r = run_cli("--flagfile=joint.flags", "--no_such_flag=1")
-    assert r.returncode != 0 and "no_such_flag" in r.stderr
-    r = run_cli("--flagfile=joint.flags", "--data_root=/nonexistent/audjax")
-    assert r.returncode != 0 and "--data_root=/nonexistent/audjax" in r.stderr
-    r = run_cli("--flagfile=missing.flags")
-    assert r.returncode != 0 and "missing.flags" in r.stderr
+    # One line on stderr, exit status 2, before any work (the flag files name runs that do not
+    # exist here: the first problem is reported).
+    for args, message in (
+            (("--flagfile=joint.flags", "--no_such_flag=1"),
+             "Unknown command line flag 'no_such_flag'"),
+            (("--flagfile=joint.flags", "--data_root=/nonexistent/audjax"),
+             "--data_root=/nonexistent/audjax: no such directory"),
+            (("--flagfile=missing.flags",), "--flagfile=missing.flags: no such file")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and r.stderr.startswith(f"error: {message}"), r.stderr
+        assert r.stderr.count("\n") == 1

@@ -13,7 +13,11 @@ Every problem found while reading raises `ListError`, whose message starts with 
 1-based line ("FILE:LINE: ...") or just the file ("FILE: ...") for whole-file problems, so that a
 bad line in a 200,000-line list can be found and fixed.
 
-    python -m audjax.data.lists --check ROOT/list/source_train --data_root ROOT
+An image can be used for training when it decodes, is at least as large as the crop, and holds
+its landmarks (`sample_problem`). The check below decodes every image (slow on a big list; the
+trainer itself only decodes the first one before it starts and skips the others as it meets them):
+
+    python -m audjax.data.lists --check ROOT/list/source_train --data_root ROOT --crop 176
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ import secrets
 import sys
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from absl import app, flags
 
+from audjax.errors import InputError
 from audjax.landmarks import AU_NAMES
 
 # The values an AU label may take; 999 marks an unknown label (e.g. the unlabelled target set).
@@ -40,7 +44,7 @@ LABEL_VALUES = (0, 1, UNKNOWN)
 LANDMARK_FORMAT = "%.9g"
 
 
-class ListError(ValueError):
+class ListError(InputError):
     """A list file is missing, malformed, or disagrees with the other files of its prefix."""
 
 
@@ -75,7 +79,8 @@ def list_file(prefix, kind):
 # Reading
 
 
-def read_lists(prefix, *, data_root=None, num_landmarks=49, num_aus=None, check_images=False):
+def read_lists(prefix, *, data_root=None, num_landmarks=49, num_aus=None, check_images=False,
+               crop=None):
     """Reads and validates the list files of `prefix`.
 
     Args:
@@ -85,7 +90,9 @@ def read_lists(prefix, *, data_root=None, num_landmarks=49, num_aus=None, check_
       num_landmarks: L, the number of (x, y) pairs each line of P_land.txt must hold.
       num_aus: K, the number of labels each line of P_AUoccur.txt must hold; None takes the
         count of the first line.
-      check_images: also decode every image with OpenCV (slow on big lists: it reads them all).
+      check_images: also decode every image with OpenCV (slow on big lists: it reads them all)
+        and check it with `sample_problem`.
+      crop: with `check_images`, the crop side every image must allow.
 
     Returns:
       A `Lists`.
@@ -127,16 +134,16 @@ def read_lists(prefix, *, data_root=None, num_landmarks=49, num_aus=None, check_
         weights = parse_table(weight_file, weight_lines, num_aus)[0]
         check_finite(weight_file, weights[None])
 
-    if check_images:
-        _check_images(path_file, paths, data_root)
-
-    return Lists(
+    lists = Lists(
         paths=paths,
         landmarks=landmarks.reshape(len(paths), num_landmarks, 2),
         au=au.astype(np.int32),
         weights=None if weights is None else weights.astype(np.float32),
         prefix=prefix,
     )
+    if check_images:
+        check_image_files(lists, data_root, crop=crop)
+    return lists
 
 
 # The helpers below also validate the input files of `audjax.data.prepare`.
@@ -210,25 +217,63 @@ def check_labels(file, table):
                         f"one of {', '.join(map(str, LABEL_VALUES))}")
 
 
-def _check_images(path_file, paths, data_root):
-    """Decodes every image (in threads: OpenCV releases the GIL); raises at the first failure."""
-    root = os.fspath(data_root) if data_root is not None else os.getcwd()
+def sample_problem(image_shape, landmarks, crop=None):
+    """Why an image of `image_shape` (H, W, ...) with (L, 2) `landmarks` cannot be used, or None.
 
-    def problem(path):
-        full = os.path.join(root, path)
+    It must be at least crop x crop (when `crop` is given), and its landmarks must lie on it,
+    give or take a quarter of its size: an aligned face keeps them near or inside its image
+    (an extreme pose may put a point just off the edge; L_l clips, L_fl does not mind), so a
+    point far off it means the list's coordinates are not the aligned image's pixels (e.g. those
+    of the raw photo).
+
+    >>> sample_problem((200, 200, 3), np.array([[10.0, -20.0]]), crop=176) is None
+    True
+    >>> sample_problem((100, 120, 3), np.array([[10.0, 20.0]]), crop=176)
+    'the 120x100 image is smaller than the 176x176 crop'
+    >>> sample_problem((100, 120, 3), np.array([[10.0, 150.0]]))
+    'landmark 1 (10, 150) lies far outside the 120x100 image: not its pixels?'
+    """
+    height, width = image_shape[:2]
+    if crop is not None and (height < crop or width < crop):
+        return f"the {width}x{height} image is smaller than the {crop}x{crop} crop"
+    x, y = landmarks[:, 0], landmarks[:, 1]
+    mx, my = width / 4, height / 4
+    outside = ~((x >= -mx) & (x <= width + mx) & (y >= -my) & (y <= height + my))
+    if outside.any():
+        j = int(np.argmax(outside))
+        return (f"landmark {j + 1} ({x[j]:g}, {y[j]:g}) lies far outside the {width}x{height} "
+                "image: not its pixels?")
+    return None
+
+
+def check_image_files(lists, data_root, *, crop=None, decode="all"):
+    """Every image of `lists` must exist; the decoded ones (`decode`: "all" or "first") must
+    also pass `sample_problem`. Raises ListError at the first failing line of P_path.txt.
+
+    Files are looked at in threads (OpenCV releases the GIL), and at the first failure the rest
+    of a big list is not decoded before reporting it.
+    """
+    from audjax.data.pipeline import read_sample  # the training pipeline's own decode
+
+    root = os.fspath(data_root) if data_root is not None else os.getcwd()
+    path_file = list_file(lists.prefix, "path")
+
+    def problem(i):
+        full = os.path.join(root, lists.paths[i])
         if not os.path.isfile(full):
             return f"image not found: {full}"
-        if cv2.imread(full, cv2.IMREAD_COLOR) is None:
-            return f"cannot decode image: {full}"
+        if decode == "all" or i == 0:
+            why = read_sample(full, lists.landmarks[i], crop)[1]
+            if why is not None:
+                return f"{full}: {why}"
         return None
 
     pool = concurrent.futures.ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1)))
     try:
-        for i, message in enumerate(pool.map(problem, paths)):
+        for i, message in enumerate(pool.map(problem, range(len(lists)))):
             if message is not None:
                 raise ListError(f"{path_file}:{i + 1}: {message}")
     finally:
-        # At the first failure, do not decode the rest of a big list before reporting it.
         pool.shutdown(cancel_futures=True)
 
 
@@ -323,7 +368,13 @@ def write_weights(prefix, weights):
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: python -m audjax.data.lists --check PREFIX [--data_root DIR]
+# Command line: python -m audjax.data.lists --check PREFIX [--data_root DIR] [--crop S]
+
+
+def check_command(prefix, data_root, crop) -> str:
+    """The command that checks every image of a list, for messages that suggest it."""
+    return f"python -m audjax.data.lists --check {prefix} --data_root {data_root} --crop {crop}"
+
 
 
 def summary(lists, *, images_checked=False):
@@ -351,10 +402,11 @@ def main(argv):
     values = flags.FLAGS
     try:
         lists = read_lists(values.check, data_root=values.data_root,
-                           num_landmarks=values.num_landmarks, check_images=True)
+                           num_landmarks=values.num_landmarks, check_images=True,
+                           crop=values.crop)
     except ListError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(summary(lists, images_checked=True))
     return 0
 
@@ -367,4 +419,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_root", None, "folder the image paths are relative to "
                         "(default: the working directory)")
     flags.DEFINE_integer("num_landmarks", 49, "landmarks per line of P_land.txt")
+    flags.DEFINE_integer("crop", None, "also check that every image allows this crop size")
     app.run(main)

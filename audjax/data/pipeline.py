@@ -5,7 +5,12 @@ Batches are dicts of numpy arrays (the shapes a jitted step sees, always the sam
     image      (B, S, S, 3) float32 in [-1, 1]   RGB, (x / 255 - 0.5) / 0.5 as ADLD's Normalize
     landmarks  (B, L, 2)    float32             (x, y) in crop pixels
     au         (B, K)       int32               1, 0 or 999 (unknown), passed through
-    mask       (B,)         bool                eval only: False on the padding rows
+    mask       (B,)         bool                eval only: False on padding and unusable rows
+    bad        (B,)         int32 / bool        training: list entries skipped to make the row;
+                                                eval: True where the image could not be used
+    bad_index  (B,)         int32               training only: the first skipped entry, or -1
+
+The trainer pops `bad` and `bad_index` before the batch reaches the jitted step.
 
 Training (DESIGN §6, ADLD's `data_list.py` / `pre_process.py`): a random S×S crop whose offsets
 are uniform over every valid position (ADLD's inclusive `random.randint(0, W - S)`), then a
@@ -21,7 +26,10 @@ horizontal flip with probability 1/2 that mirrors the image and renumbers the la
 - batching happens before `to_iter_dataset`, so a batch is a pure function of (seed, step):
   the batches do not depend on the number of worker processes, and `get_state()` /
   `set_state()` resume exactly (the state is a small JSON-able dict, what orbax's grain
-  checkpoint handler stores). Batches run on across epoch boundaries when B does not divide N.
+  checkpoint handler stores). The state itself does depend on the number of workers: grain
+  cannot load a 0-worker state into N workers, and loads an N-worker state into M workers
+  without an error but at other batches; so a resumed run keeps its worker count
+  (`audjax.preflight`). Batches run on across epoch boundaries when B does not divide N.
 
 Evaluation: the centre crop at offset `int(round((W - S) / 2.0))`, torchvision's `CenterCrop`
 (which ADLD's `image_test` uses; Python's `round` rounds halves to even, so a 9-pixel margin
@@ -29,6 +37,14 @@ gives offset 4, not 5). Every image once, in list order; the last batch is padde
 batch size by repeating the last image with mask False, so a jitted step never sees a short batch.
 
 Images are decoded with OpenCV (BGR -> RGB). An aligned image may have any size at least S×S.
+
+Unusable images (missing, undecodable, smaller than the crop, landmarks far off the image: see
+`read_sample`) never stop a pipeline. In training, the source replaces list entry i by the next
+usable entry (i+1, i+2, ... wrapping around), so batch shapes stay fixed and a batch is still a
+pure function of (seed, step); the row records how many entries were skipped and the first of
+them, and the trainer warns, counts and stops past its limit (worker processes cannot warn for
+it: the news travels in the batch). In evaluation, an unusable image becomes a masked row with
+`bad` True, so it is left out of the metrics and reported, not replaced.
 """
 
 from __future__ import annotations
@@ -37,7 +53,9 @@ import argparse
 import hashlib
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -46,7 +64,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from audjax.data.lists import Lists, read_lists
+from audjax.data.lists import Lists, read_lists, sample_problem
 from audjax.landmarks import FLIP_PERM, flip_landmarks
 
 # Batches each prefetching thread or worker keeps ready. Two hide the jitter of one slow batch;
@@ -91,16 +109,42 @@ def load_image(path: str) -> np.ndarray:
     # np.fromfile + imdecode instead of cv2.imread: imread returns None for a missing file and a
     # corrupt one alike, and its error says nothing about which file it was.
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None  # empty: cv2 asserts
     if image is None:
         raise ValueError(f"{path}: cannot decode image ({data.size} bytes)")
     return image[..., ::-1]
 
 
-def _check_fits(image: np.ndarray, crop: int, path: str) -> None:
-    height, width = image.shape[:2]
-    if crop > height or crop > width:
-        raise ValueError(f"{path}: crop {crop}x{crop} is larger than the image ({width}x{height})")
+def read_sample(path: str, landmarks: np.ndarray, crop: int):
+    """Decode an image and check it can be used with its landmarks and this crop
+    (`audjax.data.lists.sample_problem`). Returns (image, None) or (None, why it cannot)."""
+    try:
+        image = load_image(path)
+    except OSError as e:  # missing, unreadable, a folder ...
+        return None, e.strerror or str(e)
+    except ValueError:
+        return None, "cannot decode image"
+    problem = sample_problem(image.shape, landmarks, crop)
+    return (None, problem) if problem else (image, None)
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    """Worker processes leave SIGINT and SIGTERM to the trainer, which finishes its step and
+    saves before it stops them (a Ctrl-C reaches the whole process group, and a worker killed
+    by it would take the batch the last step needs with it). They do not outlive the trainer:
+    a thread ends the worker within a second of the trainer's death (a SIGKILL gives the
+    trainer no chance to stop them)."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    trainer = os.getppid()
+
+    def watch():
+        while os.getppid() == trainer:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="audjax-trainer-watch").start()
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -132,35 +176,49 @@ def centre_offset(size: int, crop: int) -> int:
 
 
 class _Samples:
-    """The random-access source: record i = the image path and labels of list line i.
+    """The random-access source: record i = list line i, decoded, or the next usable line.
 
-    It holds plain numpy arrays and strings, so pickling it into worker processes is cheap.
+    An entry that cannot be used (`read_sample`) is replaced by entry i+1, i+2, ... (wrapping
+    around): a deterministic choice, so the stream stays a pure function of the seed. "bad" says
+    how many entries were skipped, "bad_index" which one was first (-1: none). The source holds
+    plain numpy arrays and strings, so pickling it into worker processes is cheap.
     """
 
-    def __init__(self, lists: Lists, data_root: str | os.PathLike | None):
+    def __init__(self, lists: Lists, data_root: str | os.PathLike | None, crop: int):
         if len(lists.paths) == 0:
             raise ValueError(f"{lists.prefix}: the list is empty")
         root = os.fspath(data_root) if data_root is not None else ""
         self._paths = [os.path.join(root, p) for p in lists.paths]
         self._landmarks = np.asarray(lists.landmarks, np.float32)
         self._au = np.asarray(lists.au, np.int32)
+        self._crop = crop
+        self._prefix = lists.prefix
 
     def __len__(self) -> int:
         return len(self._paths)
 
+    def _record(self, j: int, image: np.ndarray) -> dict[str, Any]:
+        return {"image": image, "landmarks": self._landmarks[j], "au": self._au[j]}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"path": self._paths[index], "landmarks": self._landmarks[index],
-                "au": self._au[index]}
+        n = len(self._paths)
+        for skipped in range(n):
+            j = (index + skipped) % n
+            image, _ = read_sample(self._paths[j], self._landmarks[j], self._crop)
+            if image is not None:
+                return {**self._record(j, image), "bad": np.int32(skipped),
+                        "bad_index": np.int32(index if skipped else -1)}
+        raise ValueError(f"{self._prefix}: no image of the list can be used")
 
 
 class _PaddedSamples(_Samples):
-    """`_Samples` padded to a multiple of `batch_size` by repeating the last record.
+    """`_Samples` for evaluation, padded to a multiple of `batch_size` by repeating the last
+    record. Records carry "mask": True for the real, usable ones; an unusable image is not
+    replaced but becomes a grey masked row with "bad" True."""
 
-    Records carry "mask": True for the real ones, False for the padding.
-    """
-
-    def __init__(self, lists: Lists, data_root: str | os.PathLike | None, batch_size: int):
-        super().__init__(lists, data_root)
+    def __init__(self, lists: Lists, data_root: str | os.PathLike | None, crop: int,
+                 batch_size: int):
+        super().__init__(lists, data_root, crop)
         self._num_real = len(self._paths)
         self._length = math.ceil(self._num_real / batch_size) * batch_size
 
@@ -168,23 +226,14 @@ class _PaddedSamples(_Samples):
         return self._length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = super().__getitem__(min(index, self._num_real - 1))
-        record["mask"] = np.bool_(index < self._num_real)
-        return record
-
-
-class _Decode(grain.transforms.Map):
-    """path -> uint8 RGB image, checking that the crop fits."""
-
-    def __init__(self, crop: int):
-        self._crop = crop
-
-    def map(self, record: dict[str, Any]) -> dict[str, Any]:
-        record = dict(record)
-        path = record.pop("path")
-        record["image"] = load_image(path)
-        _check_fits(record["image"], self._crop, path)
-        return record
+        j = min(index, self._num_real - 1)
+        image, _ = read_sample(self._paths[j], self._landmarks[j], self._crop)
+        bad = image is None
+        if bad:
+            image = np.full((self._crop, self._crop, 3), 128, np.uint8)
+        real = index < self._num_real
+        return {**self._record(j, image), "mask": np.bool_(real and not bad),
+                "bad": np.bool_(real and bad)}
 
 
 class _RandomCropFlip(grain.transforms.RandomMap):
@@ -246,7 +295,7 @@ def train_iter(lists: Lists, data_root: str | os.PathLike | None, *, crop: int, 
     Args:
       lists: the samples (`audjax.data.lists.Lists`); paths are relative to `data_root`
         (None: used as they are).
-      crop: S, the side of the square crop; every image must be at least S×S.
+      crop: S, the side of the square crop; smaller images are skipped (see the module doc).
       batch_size: B; every batch is full.
       seed: this stream's seed, e.g. `stream_seed(run_seed, "source")`.
       workers: worker processes (grain `mp_prefetch`); 0 runs everything in this process.
@@ -264,11 +313,10 @@ def train_iter(lists: Lists, data_root: str | os.PathLike | None, *, crop: int, 
         raise ValueError(f"{lists.prefix}: flipping needs {len(FLIP_PERM)} landmarks, the list "
                          f"has {lists.landmarks.shape[1]}")
     ds = (
-        grain.MapDataset.source(_Samples(lists, data_root))
+        grain.MapDataset.source(_Samples(lists, data_root, crop))
         .seed(seed)
         .shuffle()
         .repeat()
-        .map(_Decode(crop))
         .random_map(_RandomCropFlip(crop, flip))
         .batch(batch_size, drop_remainder=True)
     )
@@ -276,7 +324,8 @@ def train_iter(lists: Lists, data_root: str | os.PathLike | None, *, crop: int, 
         stream = (
             ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
             .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                      per_worker_buffer_size=_BUFFER))
+                                                      per_worker_buffer_size=_BUFFER),
+                         worker_init_fn=_worker_init)
         )
     else:
         stream = ds.to_iter_dataset(
@@ -292,11 +341,11 @@ def eval_batches(lists: Lists, data_root: str | os.PathLike | None, *, crop: int
     """One pass over `lists` in order, centre-cropped, in full batches with a "mask" key.
 
     There are ceil(N / B) batches; the padding rows of the last one repeat the last image and
-    have mask False. `threads` decode in parallel (order is kept).
+    have mask False, as do unusable images (which also have "bad" True). `threads` decode in
+    parallel (order is kept).
     """
     ds = (
-        grain.MapDataset.source(_PaddedSamples(lists, data_root, batch_size))
-        .map(_Decode(crop))
+        grain.MapDataset.source(_PaddedSamples(lists, data_root, crop, batch_size))
         .map(_CentreCrop(crop))
         .batch(batch_size, drop_remainder=True)
     )
