@@ -4,8 +4,10 @@
     python -m experiments.ablation --seeds=5 --out=runs/ablation5
     python -m experiments.ablation --models=C --label=C_self --lambda_self=3   # a variant
 
-Every run is `python -m experiments.run --flagfile=ablation.flags ...` in OUT/pretrain/seed<k>
-(phase 1) or OUT/<label>/seed<k> (phase 2), so each can be re-run or inspected on its own. Flags
+Every run is `python -m experiments.run --flagfile=quickstart.flags ...` in OUT/pretrain/seed<k>
+(phase 1) or OUT/<label>/seed<k> (phase 2), so each can be re-run or inspected on its own: the
+quick start's settings (its --phase, --model and --workdir overridden), so that the C runs of seed
+0 are the quick start itself and the seeds give the quick start's spread. Flags
 this script does not know go to every phase-2 run after its --model, so they override the model's
 preset (`--lambda_self=3`, `--lr_disc=1e-4`, ...); phase 1 is shared by all labels of OUT, so
 flags that change the networks' shapes need their own --out. A run that has results.json is
@@ -51,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--label", default="",
                         help="directory name of the runs (default: the model); one model only")
     parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--flagfile", default="ablation.flags",
+    parser.add_argument("--flagfile", default="quickstart.flags",
                         help="settings shared by every run (phase 1 and 2)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (results do not depend on it)")
