@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from audjax import parallel, steps
 from audjax import state as state_lib
-from audjax import steps
 from audjax.config import Config
 
 flags.DEFINE_enum("phase", "joint", ["joint", "pretrain"], "which step")
@@ -25,6 +25,8 @@ flags.DEFINE_float("width", 1.0, "width multiplier")
 flags.DEFINE_integer("batch", 16, "images per domain per step")
 flags.DEFINE_integer("steps", 20, "timed steps (after one warm-up step)")
 flags.DEFINE_integer("matmul", 2048, "side of the square matmul baseline")
+flags.DEFINE_integer("mesh_data", 1, "devices the batch is split over (0 = all), as in training; "
+                     "XLA_FLAGS=--xla_force_host_platform_device_count=N gives N CPU devices")
 FLAGS = flags.FLAGS
 
 
@@ -62,22 +64,27 @@ def matmul_flops_per_s(n: int) -> float:
 def main(argv):
     del argv
     config = Config(phase=FLAGS.phase, model=FLAGS.model, crop=FLAGS.crop, width=FLAGS.width,
-                    batch_size=FLAGS.batch, pretrain_batch_size=FLAGS.batch)
+                    batch_size=FLAGS.batch, pretrain_batch_size=FLAGS.batch,
+                    mesh_data=FLAGS.mesh_data)
     config.validate()
+    mesh = parallel.make_mesh(config)
+    parallel.check_batch_sizes(config, mesh)
     nets = state_lib.build_networks(config, len(config.au_names))
     names = state_lib.network_names(config, config.phase)
     txs = state_lib.make_optimizers(config, names, 100, config.phase)
-    state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(0))
+    state = parallel.replicate(
+        mesh, state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(0)))
     step = steps.make_train_step(config, config.phase, nets, txs,
-                                 np.ones(len(config.au_names), np.float32))
-    batch = random_batch(config, FLAGS.batch)
+                                 np.ones(len(config.au_names), np.float32), mesh)
+    batch = parallel.global_batch(mesh, random_batch(config, FLAGS.batch))
 
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan")))
+    # A step partitioned over the mesh reports one device's share of the FLOPs.
+    flops = float(cost.get("flops", float("nan"))) * mesh.size
 
     holder = {"state": state}
 
@@ -90,7 +97,7 @@ def main(argv):
     peak = matmul_flops_per_s(FLAGS.matmul)
     achieved = flops / seconds
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-          f"{jax.device_count()} device(s)")
+          f"batch split over {mesh.size} of {jax.device_count()} device(s)")
     print(f"{config.phase} step, model {config.model}, crop {config.crop}, width {config.width}, "
           f"batch {FLAGS.batch} per domain; compile {compile_s:.1f} s")
     print(f"step: {seconds * 1e3:.1f} ms = {images / seconds:.1f} images/s; "

@@ -46,10 +46,14 @@ COMMIT_MARKER = "commit_success.txt"
 
 
 def _manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
+    # With several processes a save ends with a barrier named after the step; the latest and
+    # best managers save the same step at once, so each needs its own barrier names.
+    processes = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=directory.name)
     return ocp.CheckpointManager(
         directory.absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             cleanup_tmp_directories=True),
+                                             cleanup_tmp_directories=True,
+                                             multiprocessing_options=processes),
     )
 
 

@@ -123,6 +123,18 @@ class Config:
     au_bn_all: bool = _f(True, "E_au runs in training mode on all four features of ADLD (F_s, F_t, "
                                "F_sbtl, F_sltb, in that order) so that all four move its running "
                                "statistics; --noau_bn_all runs it on the two scored ones only")
+    # -- devices and hosts (audjax.parallel; BUILD.md "Several devices and hosts") -----------------
+    mesh_data: int = _f(0, "devices each batch is split over (the mesh's data axis; parameters "
+                           "and optimizer states are replicated); 0 = every device of every "
+                           "process. Training batch sizes must be multiples of it")
+    coordinator_address: str = _f("", "several hosts: HOST:PORT where process 0 runs JAX's "
+                                      "coordinator; with --num_processes and --process_id")
+    num_processes: int = _f(1, "several hosts: the number of processes (with "
+                               "--coordinator_address)")
+    process_id: int = _f(0, "several hosts: this process's index, 0 .. --num_processes - 1")
+    distributed: bool = _f(False, "several hosts under a launcher JAX recognises (SLURM, Open "
+                                  "MPI, Cloud TPU): jax.distributed.initialize() reads the "
+                                  "processes from the environment")
     # -- checkpoints and logging -------------------------------------------------------------------
     init_from: str = _f("", "joint: a pretrain run directory (transplant into E_f and the "
                             "landmark head) or a joint run directory (fine-tune all weights "
@@ -214,6 +226,7 @@ class Config:
         if self.aligned_size and self.aligned_size < self.crop:
             raise ValueError(f"--aligned_size={self.aligned_size}: must be 0 or at least --crop "
                              f"({self.crop})")
+        self._validate_processes()
         if self.phase == "eval" and not self.checkpoint:
             raise ValueError("--phase=eval needs --checkpoint=DIR")
         self._validate_reliability()
@@ -233,6 +246,23 @@ class Config:
         if not self.data_root and self.synth_image_size < max(self.crop, 32):
             raise ValueError(f"--synth_image_size={self.synth_image_size}: SynthAU images must "
                              f"be at least --crop={self.crop} (and 32)")
+
+    def _validate_processes(self) -> None:
+        if self.mesh_data < 0:
+            raise ValueError(f"--mesh_data={self.mesh_data}: must be >= 0 (0 = every device)")
+        if self.num_processes < 1:
+            raise ValueError(f"--num_processes={self.num_processes}: must be at least 1")
+        if not 0 <= self.process_id < self.num_processes:
+            raise ValueError(f"--process_id={self.process_id}: must be in 0 .. "
+                             f"{self.num_processes - 1} (--num_processes={self.num_processes})")
+        if self.num_processes > 1 and not self.coordinator_address:
+            raise ValueError(f"--num_processes={self.num_processes} needs "
+                             "--coordinator_address=HOST:PORT (or --distributed alone under "
+                             "a cluster launcher)")
+        host, _, port = self.coordinator_address.rpartition(":")
+        if self.coordinator_address and not (host and port.isdigit()):
+            raise ValueError(f"--coordinator_address={self.coordinator_address!r}: expected "
+                             "HOST:PORT")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 
-from audjax import losses, steps
+from audjax import losses, parallel, steps
 from audjax.data import pipeline
 from audjax.data.lists import check_command
 from audjax.errors import InputError
@@ -46,15 +46,27 @@ def au_metrics(probs, labels, au_names) -> dict:
 class Evaluator:
     """Jitted prediction functions of one run, and the loop over a list's images."""
 
-    def __init__(self, config, nets, names):
+    def __init__(self, config, nets, names, mesh=None):
         """`names`: the networks the run has; it predicts AUs when it has E_au, landmarks when it
-        has the landmark net (phase 1) or the landmark head (models B and C)."""
-        self.config = config
-        self.au = ({d: jax.jit(functools.partial(steps.predict_au, config, nets, domain=d))
+        has the landmark net (phase 1) or the landmark head (models B and C).
+
+        With a `mesh` (audjax.parallel) each batch is split over its data axis (the batch size
+        rounded up to a multiple of it) and the weights must be replicated on it; every process
+        reads its own block of each batch and gets every prediction."""
+        self.config, self.mesh = config, mesh
+        self.batch_size = parallel.eval_batch_size(config, mesh)
+        self.au = ({d: self._jit(functools.partial(steps.predict_au, config, nets, domain=d))
                     for d in ("source", "target")} if "E_au" in names else None)
         has_landmarks = "landmark_net" in names or "landmark" in names
-        self.landmarks = (jax.jit(functools.partial(steps.predict_landmarks, nets))
+        self.landmarks = (self._jit(functools.partial(steps.predict_landmarks, nets))
                           if has_landmarks else None)
+
+    def _jit(self, fn):
+        if self.mesh is None:
+            return jax.jit(fn)
+        rep = parallel.replicated(self.mesh)
+        return jax.jit(fn, in_shardings=(rep, rep, parallel.batch_sharded(self.mesh)),
+                       out_shardings=rep)
 
     def predict(self, params, batch_stats, lists, data_root, domain: str):
         """Every image of `lists` once, centre-cropped. Returns a dict of arrays over the N
@@ -63,16 +75,20 @@ class Evaluator:
         that could not be used (`pipeline.read_sample`)."""
         out, skipped, offset = {}, [], 0
         for batch in pipeline.eval_batches(lists, data_root, crop=self.config.crop,
-                                           batch_size=self.config.eval_batch_size):
-            keep = batch["mask"]
-            skipped += (offset + np.flatnonzero(batch["bad"])).tolist()
+                                           batch_size=self.batch_size,
+                                           shard=parallel.process_block(self.mesh,
+                                                                        self.batch_size)):
+            if self.mesh is not None:
+                batch = parallel.global_batch(self.mesh, batch)
+            keep = parallel.fetch_rows(batch["mask"])
+            skipped += (offset + np.flatnonzero(parallel.fetch_rows(batch["bad"]))).tolist()
             offset += len(keep)
-            parts = {"au": batch["au"]}
+            parts = {"au": parallel.fetch_rows(batch["au"])}
             if self.au is not None:
                 parts["probs"] = self.au[domain](params, batch_stats, batch["image"])
             if self.landmarks is not None:
                 parts["landmarks"] = self.landmarks(params, batch_stats, batch["image"])
-                parts["target_landmarks"] = batch["landmarks"]
+                parts["target_landmarks"] = parallel.fetch_rows(batch["landmarks"])
             for k, v in parts.items():
                 out.setdefault(k, []).append(np.asarray(v)[keep])
         return {**{k: np.concatenate(v) for k, v in out.items()}, "skipped": skipped}

@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from audjax import losses
+from audjax import losses, parallel
 from audjax.config import Config
 from audjax.state import GROUPS, TrainState, apply_group_update, group_params
 
@@ -289,16 +289,23 @@ def source_only_step(state: TrainState, batch, *, config: Config, nets, txs, au_
     return state.replace(step=state.step + 1), {"loss_au": loss, "loss_total": loss}
 
 
-def make_train_step(config: Config, phase: str, nets, txs, au_weights=None):
+def make_train_step(config: Config, phase: str, nets, txs, au_weights=None, mesh=None):
     """The jitted step of a phase, with the state donated: step(state, batch) -> (state, m).
-    Non-finite steps are rejected and recorded (`guard_nonfinite`)."""
+    Non-finite steps are rejected and recorded (`guard_nonfinite`).
+
+    With a `mesh` (audjax.parallel) the batch is split over its data axis and the state and
+    metrics are replicated; XLA then computes batch statistics over the global batch."""
     if phase == "pretrain":
         fn = functools.partial(pretrain_step, nets=nets, txs=txs)
     else:
         body = source_only_step if config.model == "source_only" else joint_step
         fn = functools.partial(body, config=config, nets=nets, txs=txs,
                                au_weights=jnp.asarray(au_weights, jnp.float32))
-    return jax.jit(guard_nonfinite(fn), donate_argnums=0)
+    fn = guard_nonfinite(fn)
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=0)
+    rep, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    return jax.jit(fn, donate_argnums=0, in_shardings=(rep, split), out_shardings=(rep, rep))
 
 
 def guard_nonfinite(step_fn):

@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from audjax import checkpoints, preflight, steps
+from audjax import checkpoints, parallel, preflight, steps
 from audjax import state as state_lib
 from audjax.config import Config, list_prefixes
 from audjax.data import pipeline
@@ -101,7 +101,7 @@ def load_data(config: Config, splits) -> Data:
     else:
         if "source_train" in splits:
             _check_batches(config, config.synth_train, f"--synth_train={config.synth_train}")
-        root = ensure_synthau(config)
+        root = parallel.in_turn(lambda: ensure_synthau(config))
     prefixes = list_prefixes(config)
     lists = {}
     for split in splits:
@@ -148,28 +148,34 @@ def _phases(config: Config) -> tuple[str, ...]:
 
 
 class Recorder:
-    """Writes metrics to WORKDIR/metrics.jsonl and TensorBoard and prints progress lines."""
+    """Writes metrics to WORKDIR/metrics.jsonl and TensorBoard and prints progress lines; with
+    several processes only process 0 does (the others' records would be copies)."""
 
     MAIN = ("loss_total", "loss_au", "loss_l", "loss_fl", "loss_c", "loss_cyc", "loss_adl",
             "loss_adf", "loss_d", "nme")
 
     def __init__(self, workdir: Path, phase: str, total_steps: int, steps_per_epoch: int,
                  images_per_step: int, start_step: int):
-        # A resumed run first forgets the records of steps after its checkpoint (a killed run
-        # got further than it saved; those steps are done again): metrics.jsonl is rewritten
-        # without them (atomically; a line cut short by the kill goes too) and TensorBoard
-        # hides them (purge_step).
-        jsonl = workdir / "metrics.jsonl"
-        if start_step and jsonl.exists():
-            atomic_write(jsonl, "".join(line + "\n" for line in _records_up_to(jsonl, start_step)))
-        self.jsonl = open(jsonl, "a")  # noqa: SIM115 - closed in close()
-        self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start_step + 1 if start_step
-                                else None)
+        self.main = parallel.is_main()
+        if self.main:
+            # A resumed run first forgets the records of steps after its checkpoint (a killed
+            # run got further than it saved; those steps are done again): metrics.jsonl is
+            # rewritten without them (atomically; a line cut short by the kill goes too) and
+            # TensorBoard hides them (purge_step).
+            jsonl = workdir / "metrics.jsonl"
+            if start_step and jsonl.exists():
+                atomic_write(jsonl, "".join(line + "\n"
+                                            for line in _records_up_to(jsonl, start_step)))
+            self.jsonl = open(jsonl, "a")  # noqa: SIM115 - closed in close()
+            self.tb = SummaryWriter(str(workdir / "tb"),
+                                    purge_step=start_step + 1 if start_step else None)
         self.phase, self.total, self.spe = phase, total_steps, steps_per_epoch
         self.images_per_step = images_per_step
         self.mark_step, self.mark_time = start_step, time.perf_counter()
 
     def write(self, step: int, split: str, values: dict):
+        if not self.main:
+            return
         flat = {k: v for k, v in values.items() if isinstance(v, (int, float))}
         # A skipped non-finite step's values are written as null (JSON has no NaN).
         record = {k: v if math.isfinite(v) else None for k, v in flat.items()}
@@ -182,6 +188,8 @@ class Recorder:
         self.tb.flush()
 
     def train_step(self, step: int, metrics: dict):
+        if not self.main:
+            return
         now = time.perf_counter()
         rate = (step - self.mark_step) * self.images_per_step / max(now - self.mark_time, 1e-9)
         self.mark_step, self.mark_time = step, now
@@ -193,9 +201,14 @@ class Recorder:
         print(f"[{self.phase}] step {step}/{self.total} epoch {epoch} | {rate:.1f} img/s | "
               f"ETA {_duration(eta)} | {losses}", flush=True)
 
+    def print(self, line: str):
+        if self.main:
+            print(line, flush=True)
+
     def close(self):
-        self.jsonl.close()
-        self.tb.close()
+        if self.main:
+            self.jsonl.close()
+            self.tb.close()
 
 
 def _duration(seconds: float) -> str:
@@ -252,25 +265,30 @@ def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_st
     return params, batch_stats
 
 
-def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
-    """Train one phase in `workdir`; returns the best validation metrics. A stop signal ends it
-    early with a checkpoint saved (Interrupted)."""
+def train_phase(config: Config, workdir: Path, phase: str, data: Data, mesh) -> dict:
+    """Train one phase in `workdir` on the devices of `mesh` (audjax.parallel); returns the best
+    validation metrics. A stop signal ends it early with a checkpoint saved (Interrupted)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_json = config.replace(phase=phase).to_json()
-    atomic_write(workdir / "config.json", config_json)
+    if parallel.is_main():
+        atomic_write(workdir / "config.json", config_json)
     batch, epochs, spe, total = _phase_settings(config, phase, data)
     num_aus = len(config.au_names)
     nets = state_lib.build_networks(config, num_aus)
     names = state_lib.network_names(config, phase)
     txs = state_lib.make_optimizers(config, names, spe, phase)
     state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(config.seed))
+    # On the mesh before the restore: Orbax restores onto the template's shardings, whatever
+    # the device count of the run that saved.
+    state = parallel.replicate(mesh, state)
 
+    shard = parallel.process_block(mesh, batch)  # this process's rows of each batch
     streams = ["source"]
     if phase == "joint" and config.model != "source_only":
         streams.append("target")
     iterators = {f"{name}_iter": pipeline.train_iter(
         data.lists[f"{name}_train"], data.root, crop=config.crop, batch_size=batch,
-        seed=pipeline.stream_seed(config.seed, name), workers=config.workers)
+        seed=pipeline.stream_seed(config.seed, name), workers=config.workers, shard=shard)
         for name in streams}
     bad_images = BadImages({name: data.lists[f"{name}_train"] for name in streams}, data.root,
                            config.crop, config.max_bad_images)
@@ -284,17 +302,17 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
               flush=True)
     else:
         params, bs = _initial_weights(config, phase, workdir, state.params, state.batch_stats)
-        state = state_lib.fresh_optimizer_state(params, bs, txs)
+        state = parallel.replicate(mesh, state_lib.fresh_optimizer_state(params, bs, txs))
 
-    step_fn = steps.make_train_step(config, phase, nets, txs, data.au_weights)
-    evaluator = Evaluator(config, nets, names)
+    step_fn = steps.make_train_step(config, phase, nets, txs, data.au_weights, mesh)
+    evaluator = Evaluator(config, nets, names, mesh)
     start = int(state.step)
     recorder = Recorder(workdir, phase, total, spe, batch * len(streams), start)
     health = Health(config, ckpts, state)
     what = "landmark net" if phase == "pretrain" else f"model {config.model}"
-    print(f"[{phase}] {what}: {', '.join(names)}; {spe} steps/epoch, {epochs} "
-          f"epochs, {total} steps, batch {batch}, crop {config.crop}, width {config.width}",
-          flush=True)
+    recorder.print(f"[{phase}] {what}: {', '.join(names)}; {spe} steps/epoch, {epochs} epochs, "
+                   f"{total} steps, batch {batch} on {mesh.size} device(s), crop {config.crop}, "
+                   f"width {config.width}")
     try:
         with StopSignals() as stop:
             for step in range(start + 1, total + 1):
@@ -302,8 +320,9 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
                 for name in streams:
                     batch_in[name] = next(iterators[f"{name}_iter"])
                     bad_images.take(name, batch_in[name], step)
-                state, metrics = step_fn(state, batch_in["source"] if phase == "pretrain"
-                                         else batch_in)
+                if phase == "pretrain":
+                    batch_in = batch_in["source"]
+                state, metrics = step_fn(state, parallel.global_batch(mesh, batch_in))
                 if step % config.log_every == 0 or step == total:
                     values, h = jax.device_get((metrics, state.health))
                     count = health.check(state, metrics, h)
@@ -314,12 +333,14 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data) -> dict:
                 if end_of_epoch:
                     val = validate(config, phase, evaluator, state, data)
                     recorder.write(step, "val", val)
-                    print(f"[{phase}] validation at step {step}: "
-                          + " ".join(f"{k} {v:.2f}" for k, v in val.items()), flush=True)
+                    recorder.print(f"[{phase}] validation at step {step}: "
+                                   + " ".join(f"{k} {v:.2f}" for k, v in val.items()))
                     if ckpts.is_better(val["selection"]):
                         health.check(state, metrics)
                         ckpts.save_best(state, config_json, val)
-                stopping = stop.received  # read once: a signal from here on waits a step
+                # Read once: a signal from here on waits a step. Every process stops at the same
+                # step, when any of them got a signal (a collective; only with several).
+                stopping = parallel.agreed_signal(stop.received)
                 if (end_of_epoch or stopping
                         or (config.checkpoint_every and step % config.checkpoint_every == 0)):
                     health.check(state, metrics)
@@ -356,9 +377,10 @@ def validate(config: Config, phase: str, evaluator: Evaluator, state, data: Data
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -> dict:
-    """Evaluate a checkpoint's weights on the test and validation sets of both domains; write
-    results.json and results.md to `out_dir` and print the tables."""
+def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path, mesh) -> dict:
+    """Evaluate a checkpoint's weights on the test and validation sets of both domains, on the
+    devices of `mesh`; write results.json and results.md to `out_dir` and print the tables
+    (process 0)."""
     step_dir = checkpoints.resolve_checkpoint(checkpoint)
     # The network comes from the checkpoint's config; data and evaluation from the current one.
     model_config = checkpoints.model_config(config, step_dir)
@@ -366,8 +388,8 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
     nets = state_lib.build_networks(model_config, len(model_config.au_names))
     names = state_lib.network_names(model_config, phase)
     params, bs = state_lib.init_variables(model_config, nets, names, jax.random.PRNGKey(0))
-    params, bs = checkpoints.load_weights(step_dir, params, bs)
-    evaluator = Evaluator(model_config, nets, names)
+    params, bs = parallel.replicate(mesh, checkpoints.load_weights(step_dir, params, bs))
+    evaluator = Evaluator(model_config, nets, names, mesh)
     results = {"checkpoint": str(step_dir), "phase": phase, "model": model_config.model,
                "target_eval_path": config.target_eval_path}
     for split in EVAL_SPLITS:
@@ -376,6 +398,8 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path) -
         domain = split.split("_")[0]
         path = config.target_eval_path if domain == "target" else "source"
         results[split] = evaluator.evaluate(params, bs, data.lists[split], data.root, path)
+    if not parallel.is_main():
+        return results  # the same in every process; process 0 writes and prints them
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write(out_dir / "results.md", f"# Results of {step_dir}\n\n"
@@ -403,22 +427,35 @@ def with_aligned_size(config: Config, data: Data) -> Config:
 
 def train_and_evaluate(config: Config, workdir) -> dict:
     """Run `config.phase` in `workdir` and return the final results. Every check comes before
-    any long work (`audjax.preflight`, then `load_data`); a failed check writes nothing."""
+    any long work (`audjax.preflight`, then `load_data`); a failed check writes nothing. With
+    several processes (--coordinator_address or --distributed) every process calls this, with
+    the same config but its own --process_id, and the same `workdir` (a shared file system)."""
+    try:
+        config.validate()
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    # Before anything touches a device (reading Orbax metadata in preflight does).
+    parallel.initialize(config)
+    try:
+        mesh = parallel.make_mesh(config)
+        parallel.check_batch_sizes(config, mesh)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     workdir = Path(workdir)
     preflight.check_run(config, workdir, None if config.data_root else synthau_dir(config))
     if config.phase == "eval":
         data = load_data(config, EVAL_SPLITS)
-        return evaluate_checkpoint(config, config.checkpoint, data, workdir)
+        return evaluate_checkpoint(config, config.checkpoint, data, workdir, mesh)
     if config.phase == "all":
         data = load_data(config, ("source_train", "target_train") + EVAL_SPLITS)
         config = with_aligned_size(config, data)
-        train_phase(config, workdir / "pretrain", "pretrain", data)
+        train_phase(config, workdir / "pretrain", "pretrain", data, mesh)
         joint = config.replace(init_from=str(workdir / "pretrain"))
-        train_phase(joint, workdir / "joint", "joint", data)
-        return evaluate_checkpoint(joint, workdir / "joint", data, workdir / "joint")
+        train_phase(joint, workdir / "joint", "joint", data, mesh)
+        return evaluate_checkpoint(joint, workdir / "joint", data, workdir / "joint", mesh)
     splits = ("source_train",) + EVAL_SPLITS if config.phase == "pretrain" else (
         ("source_train", "target_train") + EVAL_SPLITS)
     data = load_data(config, splits)
     config = with_aligned_size(config, data)
-    train_phase(config, workdir, config.phase, data)
-    return evaluate_checkpoint(config, workdir, data, workdir)
+    train_phase(config, workdir, config.phase, data, mesh)
+    return evaluate_checkpoint(config, workdir, data, workdir, mesh)

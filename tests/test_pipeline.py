@@ -218,6 +218,38 @@ def test_workers_give_the_same_batches_and_resume(tmp_path):
     resumed.close()
 
 
+def test_blocks_of_several_processes_make_up_the_whole_batch(tmp_path):
+    """Process i of 2 reads rows 2i, 2i+1 of every batch of 4 (`shard`): stacked, the two blocks
+    are the batch one process reads whole, crops and flips included; a block resumes from its
+    own state. Eval batches split the same way, padding included."""
+    lists, _ = _write(tmp_path, 10)
+
+    def make(shard):
+        return train_iter(lists, tmp_path, crop=CROP, batch_size=4, seed=4, workers=0,
+                          shard=shard)
+
+    whole = _take(make((0, 1)), 4)  # crosses the epoch boundary (10 images, 4 a batch)
+    blocks = [_take(make((i, 2)), 4) for i in range(2)]
+    stacked = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*blocks, strict=True)]
+    _assert_same(stacked, whole)
+    it = make((1, 2))
+    next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    resumed = make((1, 2))
+    resumed.set_state(state)
+    _assert_same(_take(resumed, 3), blocks[1][1:])
+
+    def eval_rows(shard):
+        return list(eval_batches(lists, tmp_path, crop=CROP, batch_size=4, shard=shard))
+
+    whole, blocks = eval_rows((0, 1)), [eval_rows((i, 2)) for i in range(2)]
+    assert len(blocks[0]) == len(blocks[1]) == len(whole) == 3
+    _assert_same([{k: np.concatenate([a[k], b[k]]) for k in a}
+                  for a, b in zip(*blocks, strict=True)], whole)
+    with pytest.raises(ValueError, match=r"shard \(0, 3\) of a batch of 4"):
+        make((0, 3))
+
+
 def test_eval_covers_every_image_once_in_order_with_centre_crop(tmp_path):
     # (height, width) -> torchvision CenterCrop offsets: 72 -> 4, 73 -> 9/2 -> 4 (round half to
     # even), 75 -> 11/2 -> 6.

@@ -22,7 +22,7 @@ def tiny(root, **kw):
                 target_train="list/target_train", target_val="list/target_val",
                 target_test="list/target_test", crop=64, width=0.25, batch_size=8,
                 pretrain_batch_size=8, epochs=1, pretrain_epochs=1, workers=0,
-                eval_batch_size=16, log_every=2)
+                eval_batch_size=16, log_every=2, mesh_data=1)
     base.update(kw)
     return Config(**base)
 
@@ -99,6 +99,41 @@ def jax_leaves(tree):
     import jax
 
     return jax.tree.leaves(tree)
+
+
+def test_resume_on_another_device_count(synth_root, tmp_path):
+    """Two steps on 4 devices, resumed for two more on 2, end where four steps on 1 device end.
+    Orbax restores the checkpoint onto the new run's shardings; evaluation runs on the mesh."""
+    def run(workdir, mesh_data, epochs):
+        cfg = tiny(synth_root, phase="joint", model="A", steps_per_epoch=2, epochs=epochs,
+                   mesh_data=mesh_data, eval_batch_size=6)
+        return train_and_evaluate(cfg, workdir)
+
+    run(tmp_path / "split", 4, epochs=1)
+    assert final_params(tmp_path / "split")[0] == 2
+    resumed = run(tmp_path / "split", 2, epochs=2)
+    straight = run(tmp_path / "one", 1, epochs=2)
+    (step_a, a), (step_b, b) = final_params(tmp_path / "split"), final_params(tmp_path / "one")
+    assert step_a == step_b == 4
+    # Sums over a split batch add up in another order (float32 rounding). Adam moves a weight
+    # whose gradient is zero up to rounding (a conv bias before a norm) by +-lr a step at
+    # random, and batch norm's running mean follows such a bias: hence a tolerance of 2 lr a
+    # step. A restore that lost the weights or the data position is off by far more.
+    for col in ("params", "batch_stats"):
+        for (path, x), y in zip(jax_leaves_with_path(a[col]), jax_leaves(b[col]), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=4 * 2 * 1e-4, err_msg=f"{col} {path}")
+    last = [[json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+             if '"train"' in x][-1] for run in ("split", "one")]
+    assert last[0]["step"] == last[1]["step"] == 4
+    for k in ("loss_total", "loss_au", "loss_l", "loss_d"):
+        np.testing.assert_allclose(last[0][k], last[1][k], rtol=1e-4, err_msg=k)
+    assert resumed["target_test"]["count"] == straight["target_test"]["count"]
+
+
+def jax_leaves_with_path(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves_with_path(tree)
 
 
 @pytest.mark.parametrize("model", ["source_only", "A"])

@@ -282,14 +282,24 @@ class _Normalize(grain.transforms.Map):
         return {**record, "image": normalize(record["image"])}
 
 
+def _shard_batches(ds: grain.MapDataset, batch_size: int, shard: tuple[int, int]):
+    """Batches of `batch_size`, or block i of n of each (`shard` = (i, n)): batches of B/n
+    consecutive elements, every n-th one from the i-th. Elements are made lazily, so only the
+    block's are decoded; their augmentation is seeded by their place in the unsliced stream."""
+    index, count = shard
+    if batch_size % count or not 0 <= index < count:
+        raise ValueError(f"shard {shard} of a batch of {batch_size}: need 0 <= i < n, n | B")
+    return ds.batch(batch_size // count, drop_remainder=True)[index::count]
+
+
 # ---------------------------------------------------------------------------------------------
 # Public pipelines
 # ---------------------------------------------------------------------------------------------
 
 
 def train_iter(lists: Lists, data_root: str | os.PathLike | None, *, crop: int, batch_size: int,
-               seed: int, workers: int = 2, threads: int = 2,
-               flip: bool = True) -> grain.DatasetIterator:
+               seed: int, workers: int = 2, threads: int = 2, flip: bool = True,
+               shard: tuple[int, int] = (0, 1)) -> grain.DatasetIterator:
     """The infinite, reshuffled, augmented training stream of `lists` (see the module doc).
 
     Args:
@@ -303,6 +313,11 @@ def train_iter(lists: Lists, data_root: str | os.PathLike | None, *, crop: int, 
       threads: prefetching threads in this process when `workers == 0` (OpenCV decodes without
         the GIL, so threads help); ignored otherwise, each worker then makes one batch at a time.
       flip: random horizontal flips (needs the 49-point layout of `FLIP_PERM`).
+      shard: (i, n) for several processes: this process reads block i of n of every batch
+        (rows i*B/n .. (i+1)*B/n - 1; `audjax.parallel.process_block`). The blocks are cut from
+        the one stream of B-image batches, so the n processes' blocks of a step together are
+        exactly the batch that one process reading everything gets, and each process decodes
+        only its own images.
 
     Returns:
       A grain DatasetIterator of batch dicts; checkpoint it with `get_state()` / `set_state()`
@@ -318,8 +333,8 @@ def train_iter(lists: Lists, data_root: str | os.PathLike | None, *, crop: int, 
         .shuffle()
         .repeat()
         .random_map(_RandomCropFlip(crop, flip))
-        .batch(batch_size, drop_remainder=True)
     )
+    ds = _shard_batches(ds, batch_size, shard)
     if workers > 0:
         stream = (
             ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
@@ -337,18 +352,19 @@ def train_iter(lists: Lists, data_root: str | os.PathLike | None, *, crop: int, 
 
 
 def eval_batches(lists: Lists, data_root: str | os.PathLike | None, *, crop: int,
-                 batch_size: int, threads: int = 4) -> grain.DatasetIterator:
+                 batch_size: int, threads: int = 4,
+                 shard: tuple[int, int] = (0, 1)) -> grain.DatasetIterator:
     """One pass over `lists` in order, centre-cropped, in full batches with a "mask" key.
 
     There are ceil(N / B) batches; the padding rows of the last one repeat the last image and
     have mask False, as do unusable images (which also have "bad" True). `threads` decode in
-    parallel (order is kept).
+    parallel (order is kept). `shard` as in `train_iter`: block i of n of each batch.
     """
     ds = (
         grain.MapDataset.source(_PaddedSamples(lists, data_root, crop, batch_size))
         .map(_CentreCrop(crop))
-        .batch(batch_size, drop_remainder=True)
     )
+    ds = _shard_batches(ds, batch_size, shard)
     return iter(ds.to_iter_dataset(
         grain.ReadOptions(num_threads=threads, prefetch_buffer_size=_BUFFER * threads))
         .map(_Normalize()))
