@@ -1,5 +1,7 @@
 """Shapes, parameter counts and structure of the networks (DESIGN §1)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -191,6 +193,31 @@ def test_au_branches_batched_equal_separate(grouped):
                 for a, b in zip(jax.tree.leaves(got["batch_stats"]),
                                 jax.tree.leaves(ok_stats["batch_stats"]), strict=True):
                     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("window, strides, padding", [
+    ((3, 3), (1, 1), ((1, 1), (1, 1))), ((4, 4), (2, 2), ((1, 1), (1, 1))),
+    ((4, 4), (2, 2), ((0, 0), (0, 0))), ((1, 1), (1, 1), ((0, 0), (0, 0))),
+    ((7, 7), (1, 1), ((3, 3), (3, 3))), ((3, 3), (2, 2), ((0, 1), (2, 0)))])
+def test_conv_kernel_gradient_as_matmul_equals_xla(window, strides, padding):
+    """The convolution of every network, whose kernel gradient is im2col + one matmul on CPU,
+    gives lax.conv_general_dilated's outputs and both its gradients."""
+    x = jax.random.normal(KEY, (2, 9, 11, 5))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (*window, 5, 3))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv_fn, x, k):
+        y = conv_fn(x, k, strides, padding, dimension_numbers=dims)
+        return jnp.sum(jnp.sin(y))  # a non-constant cotangent
+
+    ours = jax.grad(functools.partial(loss, models.layers.conv_general_dilated), (0, 1))(x, kernel)
+    xla = jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1))(x, kernel)
+    for a, b in zip(ours, xla, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        models.layers.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dims),
+        jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dims),
+        rtol=1e-6, atol=1e-6)
 
 
 def test_projector_starts_as_identity():

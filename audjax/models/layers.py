@@ -5,8 +5,12 @@ layer an explicit, numbered name (`conv0`, `bn0`, `prelu0`, ...) so that paramet
 and readable: the ADLD importer and the phase-1 -> phase-2 transplant address layers by these names.
 """
 
+import functools
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 # PyTorch's defaults, which ADLD and the paper train with (DESIGN §1 notation).
 BN_MOMENTUM = 0.9  # Flax convention: new = momentum * old + (1 - momentum) * batch
@@ -19,9 +23,88 @@ def channels(base: int, width: float) -> int:
     return max(1, int(round(base * width)))
 
 
+# ---------------------------------------------------------------------------------------------
+# Convolution with the kernel gradient as one matmul.
+# ---------------------------------------------------------------------------------------------
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+    """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels (what `nn.Conv` passes, via
+    its `conv_general_dilated` field), computing the kernel's gradient as one matmul on CPU.
+
+    XLA:CPU lowers a convolution's kernel gradient to a convolution whose window is the whole
+    feature map, and runs it 4-5x slower than the forward convolution: at the paper's size it
+    took 57% of the joint step. The kernel gradient is a contraction of the input's patches with
+    the output's gradient over batch and positions, so here it is that: the patches (im2col,
+    pure data movement) and one matmul, which XLA runs near the machine's matmul rate. The
+    forward convolution and the input gradient stay XLA's. Other backends keep XLA's kernel
+    gradient (cuDNN's is fast, and im2col would cost memory there).
+    """
+    plain = (all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation
+             or (1,))) and feature_group_count == 1 and not isinstance(padding, str))
+    if not plain or jax.default_backend() != "cpu":
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision)
+    if dimension_numbers is not None:
+        dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        if dn != nhwc:
+            raise ValueError(f"conv_general_dilated: NHWC / HWIO only, got {dimension_numbers}")
+    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, padding):
+    return _xla_conv(x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+    return _xla_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+    x, kernel = residuals
+    (dx,) = jax.linear_transpose(lambda v: _xla_conv(v, kernel, strides, padding), x)(dy)
+    cols = patches(x, kernel.shape[:2], strides, padding)  # (B, H', W', kh * kw * C_in)
+    # Accumulate in at least float32 (the sum runs over batch and positions).
+    dk = lax.dot_general(cols, dy.astype(cols.dtype), (((0, 1, 2), (0, 1, 2)), ((), ())),
+                         preferred_element_type=jnp.promote_types(cols.dtype, jnp.float32))
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def patches(x, window, strides, padding):
+    """im2col: (B, H, W, C) -> (B, H', W', kh * kw * C), the input under each output position,
+    ordered (kernel row, kernel column, channel) like a flattened HWIO kernel's first three
+    axes, so that `patches(x, ...) @ kernel.reshape(-1, C_out)` is the convolution."""
+    (kh, kw), (sh, sw) = window, strides
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    ho = (x.shape[1] - kh) // sh + 1
+    wo = (x.shape[2] - kw) // sw + 1
+    return jnp.concatenate([x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                            for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def conv(features: int, kernel_size, strides=1, padding=0, name=None, **kwargs) -> nn.Conv:
+    """`nn.Conv` with the kernel gradient of `conv_general_dilated` (same variables)."""
+    return nn.Conv(features, kernel_size, strides=strides, padding=padding, name=name,
+                   conv_general_dilated=conv_general_dilated, **kwargs)
+
+
 def conv3(features: int, name: str) -> nn.Conv:
     """C3: 3x3 conv, stride 1, padding 1, with bias."""
-    return nn.Conv(features, (3, 3), strides=1, padding=1, name=name)
+    return conv(features, (3, 3), strides=1, padding=1, name=name)
 
 
 def prelu(name: str) -> nn.PReLU:
@@ -93,7 +176,7 @@ class CBAM(nn.Module):
         pooled = jnp.concatenate(
             [jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
         )
-        s = nn.Conv(1, (7, 7), padding=3, use_bias=False, name="spatial_conv")(pooled)
+        s = conv(1, (7, 7), padding=3, use_bias=False, name="spatial_conv")(pooled)
         s = batch_norm(train, "spatial_bn")(s)
         return x * nn.sigmoid(s)
 

@@ -30,7 +30,9 @@ from audjax.models.layers import (
     avg_pool2,
     batch_norm,
     channels,
+    conv,
     conv3,
+    conv_general_dilated,
     conv_stack,
     identity_kernel_init,
     instance_norm,
@@ -185,12 +187,12 @@ class DomainDiscriminator(nn.Module):
         c64, c128 = channels(64, self.width), channels(128, self.width)
         x = features
         for i, f in enumerate((c64, c64, c128)):
-            x = nn.Conv(f, (4, 4), strides=2, padding=1, name=f"conv{i}")(x)
+            x = conv(f, (4, 4), strides=2, padding=1, name=f"conv{i}")(x)
             x = prelu(f"prelu{i}")(instance_norm(x))
         pad = 1 if min(x.shape[1], x.shape[2]) < 4 else 0
-        x = prelu("prelu3")(nn.Conv(c128, (4, 4), strides=2, padding=pad, name="conv3")(x))
+        x = prelu("prelu3")(conv(c128, (4, 4), strides=2, padding=pad, name="conv3")(x))
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
-        x = nn.Conv(1, (1, 1), name="conv4")(x)
+        x = conv(1, (1, 1), name="conv4")(x)
         return x.reshape(x.shape[0], 1)
 
 
@@ -220,18 +222,18 @@ class GroupedConv3(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (3, 3, cin, k * self.features))
         bias = self.param("bias", nn.initializers.zeros, (k * self.features,))
-        conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1),
-                                 padding=((1, 1), (1, 1)),
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        conv_fn = functools.partial(conv_general_dilated, window_strides=(1, 1),
+                                    padding=((1, 1), (1, 1)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
         grouped = self.grouped if self.grouped is not None else jax.default_backend() != "cpu"
         if self.shared_input:
-            y = conv(x, kernel)
+            y = conv_fn(x, kernel)
         elif grouped:
-            y = conv(x, kernel, feature_group_count=k)
+            y = conv_fn(x, kernel, feature_group_count=k)
         else:
             f = self.features
-            y = jnp.concatenate([conv(x[..., g * cin:(g + 1) * cin],
-                                      kernel[..., g * f:(g + 1) * f]) for g in range(k)],
+            y = jnp.concatenate([conv_fn(x[..., g * cin:(g + 1) * cin],
+                                         kernel[..., g * f:(g + 1) * f]) for g in range(k)],
                                 axis=-1)
         return y + bias
 
@@ -282,9 +284,7 @@ class Projector(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return nn.Conv(
-            x.shape[-1], (1, 1), kernel_init=identity_kernel_init, name="conv"
-        )(x)
+        return conv(x.shape[-1], (1, 1), kernel_init=identity_kernel_init, name="conv")(x)
 
 
 class Projectors(nn.Module):
