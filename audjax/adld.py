@@ -113,7 +113,7 @@ def _layer_entries(name: str, num_aus: int):
                 yield layer_prefix + "num_batches_tracked", kind, None, None, k
 
 
-def _import_one(name, state_dict, num_landmarks, num_aus):
+def _import_one(name, state_dict, num_landmarks, num_aus, dtype):
     module = _module(name, num_landmarks, num_aus)
     expected = _init_shapes(name, module, num_landmarks)
     out = _empty_like(expected)
@@ -125,7 +125,7 @@ def _import_one(name, state_dict, num_landmarks, num_aus):
         consumed.add(key)
         if collection is None:
             continue
-        value = _torch_to_flax(kind, path[-1], np.asarray(state_dict[key], dtype=np.float32))
+        value = _torch_to_flax(kind, path[-1], np.asarray(state_dict[key], dtype=dtype))
         want = _leaf(expected, collection, path).shape
         if k is not None:  # au_enc: one branch's share of the variable (see _combine_branches)
             want = () if kind == "prelu" else want[:-1] + (want[-1] // num_aus,)
@@ -183,17 +183,20 @@ def _leaf(tree, collection, path):
 
 
 def import_state_dicts(
-    state_dicts: Mapping[str, Mapping[str, np.ndarray]], num_landmarks: int = 49, num_aus: int = 6
+    state_dicts: Mapping[str, Mapping[str, np.ndarray]], num_landmarks: int = 49, num_aus: int = 6,
+    dtype=np.float32,
 ) -> dict[str, tuple[nn.Module, dict]]:
     """Map ADLD state dicts (numpy arrays) to `{name: (module, variables)}` for the given names.
 
     Names are ADLD's: base_net (E_f), land_enc (E_l), au_enc (E_au), invar_shape_enc (G_b),
     feat_gen (G_st), invar_shape_disc (D_l), feat_gen_disc_src / feat_gen_disc_tgt (D_s / D_t).
     Modules are at the paper's width; call them `module.apply(variables, *inputs, train=False)`.
+    The variables have `dtype` (float64 needs `jax.enable_x64`, for exact comparisons).
     """
     unknown = sorted(set(state_dicts) - set(ADLD_NAMES))
     if unknown:
         raise KeyError(f"unknown ADLD network {unknown[0]!r}; expected some of {ADLD_NAMES}")
     return {
-        name: _import_one(name, sd, num_landmarks, num_aus) for name, sd in state_dicts.items()
+        name: _import_one(name, sd, num_landmarks, num_aus, dtype)
+        for name, sd in state_dicts.items()
     }

@@ -1,13 +1,33 @@
-"""Benchmark a training step: images/s, and achieved FLOP/s against this machine's matmul peak.
+"""Benchmark the training step: pairs/s, FLOP/s against the machine's matmul rate, ADLD's PyTorch
+step side by side, and the input pipeline.
 
-    python -m audjax.bench --phase=joint --model=C --crop=176 --width=1.0 --batch=16
+    python -m audjax.bench                                  # model A at the paper's shapes
+    python -m audjax.bench --compare=torch --json=a.json    # and ADLD's PyTorch step, same run
+    python -m audjax.bench --model=C --compute_dtype=bfloat16
 
-The baseline, measured in the same run, is a float32 matmul large enough to run near the
-device's peak; the step's FLOPs come from XLA's cost analysis of the compiled step. Inputs are
-random (no input pipeline: `python -m audjax.data.pipeline --bench` measures that).
+Everything is measured in one process run, so a busy machine slows every figure alike:
+
+- the compiled step on random inputs (no input pipeline), and with `--compare=torch` ADLD's
+  PyTorch step of model A (`audjax.adld_torch.ADLDStep`) on the same shapes, timed in turns
+  (audjax, torch, audjax, torch, ...): medians over `--steps` steps after `--warmup` steps.
+  PyTorch gets as many threads as XLA's CPU thread pool (one per core);
+- the step's FLOPs (XLA's cost analysis of the compiled step) per second, as a fraction of a
+  float32 matmul timed in the same run (the machine's practical peak);
+- the training input pipeline (`audjax.data.pipeline`, one stream with the default workers) on
+  generated 200x200 JPEGs, as a multiple of the images/s the step consumes.
+
+A "pair" is one source and one target image (a joint step of batch B is B pairs); the pretrain
+phase and the source-only model read source images only, and their pairs/s are images/s.
+`--json OUT` writes every figure, with `pairs_per_s` (and `torch_pairs_per_s`) at the top level.
 """
 
+import json
+import os
+import statistics
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,15 +36,25 @@ from absl import app, flags
 
 from audjax import parallel, steps
 from audjax import state as state_lib
-from audjax.config import Config
+from audjax.config import COMPUTE_DTYPES, Config
+from audjax.data import pipeline
+from audjax.data.lists import atomic_write
 
 flags.DEFINE_enum("phase", "joint", ["joint", "pretrain"], "which step")
-flags.DEFINE_enum("model", "C", ["C", "B", "A", "source_only"], "joint-phase model")
+flags.DEFINE_enum("model", "A", ["C", "B", "A", "source_only"], "joint-phase model")
 flags.DEFINE_integer("crop", 176, "crop size")
 flags.DEFINE_float("width", 1.0, "width multiplier")
 flags.DEFINE_integer("batch", 16, "images per domain per step")
-flags.DEFINE_integer("steps", 20, "timed steps (after one warm-up step)")
-flags.DEFINE_integer("matmul", 2048, "side of the square matmul baseline")
+flags.DEFINE_enum("compute_dtype", "float32", list(COMPUTE_DTYPES),
+                  "dtype of convolutions and matmuls (parameters stay float32)")
+flags.DEFINE_integer("steps", 5, "timed steps (the median is reported)")
+flags.DEFINE_integer("warmup", 1, "untimed steps first")
+flags.DEFINE_integer("matmul", 2048, "side of the square float32 matmul baseline")
+flags.DEFINE_enum("compare", "", ["", "torch"], "also time ADLD's PyTorch step (model A)")
+flags.DEFINE_boolean("pipeline", True, "also time the training input pipeline")
+flags.DEFINE_integer("workers", Config().workers, "pipeline worker processes")
+flags.DEFINE_integer("pipeline_steps", 50, "pipeline batches timed (after 5 warm-up batches)")
+flags.DEFINE_string("json", "", "write every figure to this JSON file")
 flags.DEFINE_integer("mesh_data", 1, "devices the batch is split over (0 = all), as in training; "
                      "XLA_FLAGS=--xla_force_host_platform_device_count=N gives N CPU devices")
 FLAGS = flags.FLAGS
@@ -45,65 +75,172 @@ def random_batch(config: Config, batch: int, seed: int = 0):
     return {"source": domain(), "target": domain()}
 
 
-def time_calls(fn, n: int) -> float:
-    """Seconds per call of `fn` (which returns arrays), after one warm-up call."""
-    jax.block_until_ready(fn())
-    start = time.perf_counter()
-    for _ in range(n):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / n
+def time_interleaved(fns: dict[str, Callable], steps: int, warmup: int) -> dict[str, list]:
+    """Seconds of each call of each function, calling them in turns (a, b, a, b, ...) so that
+    load from elsewhere on the machine falls on all of them alike. Each function returns what
+    to wait for (arrays, or plain values for synchronous code)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            jax.block_until_ready(fn())
+    times = {name: [] for name in fns}
+    for _ in range(steps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def matmul_flops_per_s(n: int) -> float:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / time_calls(lambda: f(a), 10)
+    seconds = time_interleaved({"matmul": lambda: f(a)}, 10, 1)["matmul"]
+    return 2 * n**3 / statistics.median(seconds)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def cpu_count() -> int:
+    """Cores this process may run on: what XLA's CPU thread pool uses."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def audjax_step(config: Config, batch, mesh):
+    """(compiled step as a no-argument function, compile seconds, FLOPs per step), the batch
+    split over the devices of `mesh`."""
+    nets = state_lib.build_networks(config, len(config.au_names))
+    names = state_lib.network_names(config, config.phase)
+    txs = state_lib.make_optimizers(config, names, 100, config.phase)
+    state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(0))
+    step = steps.make_train_step(config, config.phase, nets, txs,
+                                 np.ones(len(config.au_names), np.float32), mesh)
+    state = parallel.replicate(mesh, state)
+    batch = parallel.global_batch(mesh, batch)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return holder["state"], metrics
+
+    # A step partitioned over the mesh reports one device's share of the FLOPs.
+    return run, compile_s, float(cost.get("flops", float("nan"))) * mesh.size
+
+
+def torch_step(config: Config, batch, threads: int):
+    """ADLD's PyTorch step of model A on the same shapes, as a no-argument function."""
+    try:
+        import torch
+
+        from audjax import adld_torch
+    except ImportError:
+        sys.exit("error: --compare=torch needs PyTorch, the `bench` extra: "
+                 "pip install -e '.[bench]'")
+    if config.phase != "joint" or config.model == "source_only":
+        sys.exit("error: --compare=torch times ADLD's joint step: use --phase=joint and a model "
+                 "with the domain separation (A, B or C)")
+    if config.width != 1.0 or config.crop < 128:
+        sys.exit("error: --compare=torch needs --width=1.0 and --crop >= 128 (ADLD's networks "
+                 "have one width, and its domain discriminators need feature maps of 32 or more)")
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    num_aus = len(config.au_names)
+    step = adld_torch.ADLDStep(adld_torch.build_networks(config.num_landmarks, num_aus),
+                               np.ones(num_aus, np.float32))
+    src, tgt = (adld_torch.to_torch(batch[d], config.crop) for d in ("source", "target"))
+    return lambda: step(src, tgt)
 
 
 def main(argv):
     del argv
     config = Config(phase=FLAGS.phase, model=FLAGS.model, crop=FLAGS.crop, width=FLAGS.width,
                     batch_size=FLAGS.batch, pretrain_batch_size=FLAGS.batch,
-                    mesh_data=FLAGS.mesh_data)
+                    compute_dtype=FLAGS.compute_dtype, mesh_data=FLAGS.mesh_data)
     config.validate()
     mesh = parallel.make_mesh(config)
     parallel.check_batch_sizes(config, mesh)
-    nets = state_lib.build_networks(config, len(config.au_names))
-    names = state_lib.network_names(config, config.phase)
-    txs = state_lib.make_optimizers(config, names, 100, config.phase)
-    state = parallel.replicate(
-        mesh, state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(0)))
-    step = steps.make_train_step(config, config.phase, nets, txs,
-                                 np.ones(len(config.au_names), np.float32), mesh)
-    batch = parallel.global_batch(mesh, random_batch(config, FLAGS.batch))
-
-    start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    # A step partitioned over the mesh reports one device's share of the FLOPs.
-    flops = float(cost.get("flops", float("nan"))) * mesh.size
-
-    holder = {"state": state}
-
-    def one_step():
-        holder["state"], metrics = compiled(holder["state"], batch)
-        return metrics
-
-    seconds = time_calls(one_step, FLAGS.steps)
-    images = FLAGS.batch * (2 if config.phase == "joint" and config.model != "source_only" else 1)
+    if FLAGS.steps < 1 or FLAGS.warmup < 0:
+        sys.exit("error: --steps must be >= 1 and --warmup >= 0")
+    threads = cpu_count()
+    batch = random_batch(config, FLAGS.batch)
+    fns = {}
+    if FLAGS.compare == "torch":
+        fns["torch"] = torch_step(config, batch, threads)
+    fns["audjax"], compile_s, flops = audjax_step(config, batch, mesh)
+    times = time_interleaved(fns, FLAGS.steps, FLAGS.warmup)
     peak = matmul_flops_per_s(FLAGS.matmul)
-    achieved = flops / seconds
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-          f"batch split over {mesh.size} of {jax.device_count()} device(s)")
+
+    step_s = statistics.median(times["audjax"])
+    two_streams = config.phase == "joint" and config.model != "source_only"
+    images_per_step = FLAGS.batch * (2 if two_streams else 1)
+    r = {
+        "pairs_per_s": FLAGS.batch / step_s,
+        "images_per_s": images_per_step / step_s,
+        "step_s": step_s,
+        "step_s_each": times["audjax"],
+        "compile_s": compile_s,
+        "flops_per_step": flops,
+        "flops_per_s": flops / step_s,
+        "matmul_flops_per_s": peak,
+        "fraction_of_matmul": flops / step_s / peak,
+        "config": {"phase": config.phase, "model": config.model, "crop": config.crop,
+                   "width": config.width, "batch": FLAGS.batch,
+                   "compute_dtype": config.compute_dtype, "steps": FLAGS.steps,
+                   "warmup": FLAGS.warmup, "devices": mesh.size},
+        "machine": {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+                    "cpu": cpu_name(), "cores": threads, "jax": jax.__version__},
+    }
+    print(f"device: {r['machine']['device']}, batch split over {mesh.size} of "
+          f"{jax.device_count()} device(s); "
+          f"CPU {r['machine']['cpu']}, {threads} cores")
     print(f"{config.phase} step, model {config.model}, crop {config.crop}, width {config.width}, "
-          f"batch {FLAGS.batch} per domain; compile {compile_s:.1f} s")
-    print(f"step: {seconds * 1e3:.1f} ms = {images / seconds:.1f} images/s; "
-          f"{flops / 1e9:.2f} GFLOP/step -> {achieved / 1e9:.1f} GFLOP/s")
+          f"batch {FLAGS.batch} per domain, {config.compute_dtype}; compile {compile_s:.1f} s; "
+          f"median of {FLAGS.steps} steps after {FLAGS.warmup}")
+    print(f"audjax: {step_s:.3f} s/step = {r['pairs_per_s']:.2f} pairs/s "
+          f"({r['images_per_s']:.1f} images/s); {flops / 1e9:.1f} GFLOP/step -> "
+          f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s")
     print(f"baseline: {FLAGS.matmul}^2 float32 matmul {peak / 1e9:.1f} GFLOP/s; "
-          f"step / matmul = {achieved / peak:.2f}")
+          f"step / matmul = {r['fraction_of_matmul']:.2f}")
+
+    if "torch" in times:
+        import torch
+
+        torch_s = statistics.median(times["torch"])
+        r.update(torch_pairs_per_s=FLAGS.batch / torch_s, torch_step_s=torch_s,
+                 torch_step_s_each=times["torch"], torch_threads=torch.get_num_threads(),
+                 torch_version=torch.__version__, speedup_vs_torch=torch_s / step_s)
+        print(f"PyTorch {torch.__version__} (ADLD's model-A step, {torch.get_num_threads()} "
+              f"threads as XLA): {torch_s:.3f} s/step = {r['torch_pairs_per_s']:.2f} pairs/s")
+        print(f"audjax / PyTorch = {r['speedup_vs_torch']:.2f}x (pairs/s)")
+
+    if FLAGS.pipeline:
+        with tempfile.TemporaryDirectory() as tmp:
+            lists = pipeline.synthetic_lists(tmp, 8 * FLAGS.batch,
+                                             num_aus=len(config.au_names))
+            p = pipeline.measure(lists, tmp, crop=config.crop, batch_size=FLAGS.batch,
+                                 workers=FLAGS.workers, steps=FLAGS.pipeline_steps, warmup=5)
+        r.update(pipeline_images_per_s=p["images_per_s"], pipeline_workers=FLAGS.workers,
+                 pipeline_over_step=p["images_per_s"] / r["images_per_s"])
+        print(f"pipeline (one stream, {FLAGS.workers} workers, 200x200 JPEGs, crop "
+              f"{config.crop}): {p['images_per_s']:.0f} images/s = "
+              f"{r['pipeline_over_step']:.1f}x what the step consumes")
+
+    if FLAGS.json:
+        atomic_write(FLAGS.json, json.dumps(r, indent=2) + "\n")
+        print(f"wrote {FLAGS.json}")
 
 
 if __name__ == "__main__":

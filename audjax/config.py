@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 PHASES = ("pretrain", "joint", "all", "eval")
 MODELS = ("C", "B", "A", "source_only")
 INITS = ("torch", "flax")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # The models of the paper's Table 3 as presets of the loss weights and the transplant (DESIGN §3,
 # §5). The shared weights are the paper's; ADLD's reconstruction losses replace L_c in A and B.
@@ -135,6 +136,10 @@ class Config:
     distributed: bool = _f(False, "several hosts under a launcher JAX recognises (SLURM, Open "
                                   "MPI, Cloud TPU): jax.distributed.initialize() reads the "
                                   "processes from the environment")
+    # -- numerics --------------------------------------------------------------------------------
+    compute_dtype: str = _f("float32", "dtype of convolutions and matmuls: float32 or bfloat16 "
+                                       "(parameters, optimizer states, batch-norm statistics and "
+                                       "losses stay float32)")
     # -- checkpoints and logging -------------------------------------------------------------------
     init_from: str = _f("", "joint: a pretrain run directory (transplant into E_f and the "
                             "landmark head) or a joint run directory (fine-tune all weights "
@@ -211,6 +216,9 @@ class Config:
             raise ValueError("--aus is empty")
         if self.init not in INITS:
             raise ValueError(f"--init={self.init!r}: expected one of {INITS}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"--compute_dtype={self.compute_dtype!r}: expected one of "
+                             f"{COMPUTE_DTYPES}")
         for name in PRESET_FIELDS:
             value = self.preset(name)
             if name.startswith("lambda_") and not (value >= 0 and math.isfinite(value)):

@@ -73,20 +73,24 @@ def network_names(config: Config, phase: str) -> tuple[str, ...]:
 
 
 def build_networks(config: Config, num_aus: int) -> dict[str, nn.Module]:
-    """Every module audjax may use, by name; a phase uses the subset `network_names` gives."""
+    """Every module audjax may use, by name; a phase uses the subset `network_names` gives.
+    They compute in `config.compute_dtype`; their variables and outputs are float32."""
     w, nl = config.width, config.num_landmarks
+    # None: compute in the dtype of the inputs and variables (float32).
+    dt = None if config.compute_dtype == "float32" else jnp.dtype(config.compute_dtype)
     return {
-        "landmark_net": models.LandmarkNet(w, nl),
-        "E_f": models.FeatureExtractor(w, tanh=False),  # tanh applied by the caller, see steps
-        "landmark": models.LandmarkHead(w, nl),
-        "E_l": models.LandmarkEncoder(w, nl),
-        "G_b": models.BackgroundEncoder(w),
-        "G_st": models.FeatureGenerator(w),
-        "D_l": models.LandmarkDiscriminator(w, nl),
-        "D_s": models.DomainDiscriminator(w),
-        "D_t": models.DomainDiscriminator(w),
-        "E_au": models.AUDetector(w, num_aus),
-        "P": models.Projectors(),
+        "landmark_net": models.LandmarkNet(w, nl, dtype=dt),
+        # tanh applied by the caller, see steps
+        "E_f": models.FeatureExtractor(w, tanh=False, dtype=dt),
+        "landmark": models.LandmarkHead(w, nl, dtype=dt),
+        "E_l": models.LandmarkEncoder(w, nl, dtype=dt),
+        "G_b": models.BackgroundEncoder(w, dtype=dt),
+        "G_st": models.FeatureGenerator(w, dtype=dt),
+        "D_l": models.LandmarkDiscriminator(w, nl, dtype=dt),
+        "D_s": models.DomainDiscriminator(w, dtype=dt),
+        "D_t": models.DomainDiscriminator(w, dtype=dt),
+        "E_au": models.AUDetector(w, num_aus, dtype=dt),
+        "P": models.Projectors(dtype=dt),
     }
 
 

@@ -252,7 +252,8 @@ def joint_gradients(state: TrainState, batch, *, config: Config, nets, txs, au_w
             au_weights)
         return (weighted_total(config, terms), disc_inputs), (terms, bs)
 
-    (_, disc_inputs), pullback, (terms, batch_stats) = jax.vjp(forward, trainable, has_aux=True)
+    (total, disc_inputs), pullback, (terms, batch_stats) = jax.vjp(forward, trainable,
+                                                                   has_aux=True)
 
     d_metrics = {}
     if "discriminators" in txs:
@@ -265,7 +266,7 @@ def joint_gradients(state: TrainState, batch, *, config: Config, nets, txs, au_w
         return weighted_total(config, adv), adv
 
     (_, adv), d_inputs_grad = jax.value_and_grad(adversarial, has_aux=True)(disc_inputs)
-    (grads,) = pullback((jnp.ones(()), d_inputs_grad))
+    (grads,) = pullback((jnp.ones_like(total), d_inputs_grad))
 
     all_terms = {**terms, **adv}
     metrics = {f"loss_{k}": v for k, v in all_terms.items()}

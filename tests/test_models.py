@@ -1,5 +1,6 @@
 """Shapes, parameter counts and structure of the networks (DESIGN §1)."""
 
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -191,6 +192,39 @@ def test_au_branches_batched_equal_separate(grouped):
                 for a, b in zip(jax.tree.leaves(got["batch_stats"]),
                                 jax.tree.leaves(ok_stats["batch_stats"]), strict=True):
                     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("window, strides, padding", [
+    ((3, 3), (1, 1), ((1, 1), (1, 1))), ((4, 4), (2, 2), ((1, 1), (1, 1))),
+    ((4, 4), (2, 2), ((0, 0), (0, 0))), ((1, 1), (1, 1), ((0, 0), (0, 0))),
+    ((7, 7), (1, 1), ((3, 3), (3, 3))), ((3, 3), (2, 2), ((0, 1), (2, 0)))])
+def test_conv_kernel_gradient_as_matmul_equals_xla(window, strides, padding):
+    """The convolution whose kernel gradient is im2col + one matmul gives
+    lax.conv_general_dilated's outputs and both its gradients, for any window and stride."""
+    x = jax.random.normal(KEY, (2, 9, 11, 5))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (*window, 5, 3))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def ours(x, k):
+        return models.layers._conv(x, k, strides, padding)
+
+    def xla(x, k):
+        return jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=dims)
+
+    np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=1e-6, atol=1e-6)
+    got, want = (jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, kernel)
+                 for f in (ours, xla))  # a non-constant cotangent
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_uses_the_matmul_kernel_gradient_where_it_pays():
+    pays = models.layers._matmul_pays
+    same = ((1, 1), (1, 1))
+    assert pays((16, 44, 44, 64), (3, 3, 64, 64), (1, 1), same)  # the paper's s = 44 layers
+    assert pays((16, 176, 176, 32), (3, 3, 32, 32), (1, 1), same)  # E_f's second conv
+    assert not pays((16, 16, 16, 32), (3, 3, 32, 32), (1, 1), same)  # crop 64, width 0.25
+    assert not pays((16, 44, 44, 64), (4, 4, 64, 64), (2, 2), same)  # D_s, D_t (strided)
 
 
 def test_projector_starts_as_identity():

@@ -375,7 +375,7 @@ def eval_batches(lists: Lists, data_root: str | os.PathLike | None, *, crop: int
 # ---------------------------------------------------------------------------------------------
 
 
-def _synthetic_lists(out_dir: str, count: int, size: int = 200, num_aus: int = 6) -> Lists:
+def synthetic_lists(out_dir: str, count: int, size: int = 200, num_aus: int = 6) -> Lists:
     """Write `count` smooth random size×size JPEGs (face-like entropy, not white noise, so the
     decode cost is realistic) and return their Lists with random landmarks and labels."""
     rng = np.random.default_rng(0)
@@ -392,28 +392,35 @@ def _synthetic_lists(out_dir: str, count: int, size: int = 200, num_aus: int = 6
                  prefix=os.path.join(out_dir, "synthetic"))
 
 
-def _bench(lists: Lists, data_root: str | None, args: argparse.Namespace) -> None:
-    seed = stream_seed(0, "bench")
-    it = train_iter(lists, data_root, crop=args.crop, batch_size=args.batch, seed=seed,
-                    workers=args.workers, threads=args.threads)
+def measure(lists: Lists, data_root: str | None, *, crop: int, batch_size: int, workers: int,
+            threads: int = 2, steps: int = 200, warmup: int = 10) -> dict[str, float]:
+    """Time one training stream: {"images_per_s", "startup_s"}. The first `warmup` batches pay
+    for starting workers and filling buffers; they are timed apart (`startup_s`)."""
+    it = train_iter(lists, data_root, crop=crop, batch_size=batch_size,
+                    seed=stream_seed(0, "bench"), workers=workers, threads=threads)
     try:
         start = time.perf_counter()
-        # The first batches pay for starting workers and filling buffers: time them separately.
-        for _ in range(args.warmup):
+        for _ in range(warmup):
             next(it)
         warm = time.perf_counter()
-        for _ in range(args.steps):
-            batch = next(it)
+        for _ in range(steps):
+            next(it)
         end = time.perf_counter()
     finally:
         it.close()  # stops the workers and frees their shared memory, also after an error
-    rate = args.steps * args.batch / (end - warm)
+    return {"images_per_s": steps * batch_size / (end - warm), "startup_s": warm - start}
+
+
+def _bench(lists: Lists, data_root: str | None, args: argparse.Namespace) -> None:
+    result = measure(lists, data_root, crop=args.crop, batch_size=args.batch,
+                     workers=args.workers, threads=args.threads, steps=args.steps,
+                     warmup=args.warmup)
     mode = f"workers {args.workers}" if args.workers else f"in-process, threads {args.threads}"
     print(f"images {len(lists.paths)}  crop {args.crop}  batch {args.batch}  {mode}  "
           f"cpus {os.cpu_count()}")
-    print(f"startup + {args.warmup} warm-up batches: {warm - start:.2f} s")
-    print(f"{args.steps} batches: {end - warm:.2f} s  ->  {rate:.0f} images/s  "
-          f"(image {batch['image'].shape} {batch['image'].dtype})")
+    print(f"startup + {args.warmup} warm-up batches: {result['startup_s']:.2f} s")
+    print(f"{args.steps} batches -> {result['images_per_s']:.0f} images/s "
+          f"(float32 images of {args.crop}x{args.crop}x3)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -441,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.synthetic is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            _bench(_synthetic_lists(tmp, args.synthetic), tmp, args)
+            _bench(synthetic_lists(tmp, args.synthetic), tmp, args)
     else:
         _bench(read_lists(args.prefix, data_root=args.data_root), args.data_root, args)
 

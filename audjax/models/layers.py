@@ -5,8 +5,13 @@ layer an explicit, numbered name (`conv0`, `bn0`, `prelu0`, ...) so that paramet
 and readable: the ADLD importer and the phase-1 -> phase-2 transplant address layers by these names.
 """
 
+import functools
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 # PyTorch's defaults, which ADLD and the paper train with (DESIGN §1 notation).
 BN_MOMENTUM = 0.9  # Flax convention: new = momentum * old + (1 - momentum) * batch
@@ -19,9 +24,107 @@ def channels(base: int, width: float) -> int:
     return max(1, int(round(base * width)))
 
 
-def conv3(features: int, name: str) -> nn.Conv:
-    """C3: 3x3 conv, stride 1, padding 1, with bias."""
-    return nn.Conv(features, (3, 3), strides=1, padding=1, name=name)
+# ---------------------------------------------------------------------------------------------
+# Convolution with the kernel gradient as one matmul.
+# ---------------------------------------------------------------------------------------------
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+    """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels (what `nn.Conv` passes, via
+    its `conv_general_dilated` field), computing a large convolution's kernel gradient as one
+    matmul on CPU.
+
+    XLA:CPU lowers a convolution's kernel gradient to a convolution whose window is the whole
+    output map, and runs it 2-4x slower than the forward convolution once the map and the
+    channel counts are large: at the paper's size such convolutions took 57% of the joint step.
+    The kernel gradient is a contraction of the input's patches with the output's gradient over
+    batch and positions, so for those layers it is computed as that: the patches (im2col, pure
+    data movement) and one matmul, which XLA runs near the machine's matmul rate. The forward
+    convolution and the input gradient stay XLA's. Small layers (crop 64 at width 0.25, the
+    strided 4x4 convolutions of D_s and D_t) keep XLA's kernel gradient, which is faster there
+    (`_matmul_pays`), and so do other backends (cuDNN's is fast; im2col would cost memory).
+    """
+    plain = (all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation
+             or (1,))) and feature_group_count == 1 and not isinstance(padding, str))
+    if not (plain and _matmul_pays(lhs.shape, rhs.shape, window_strides, padding)):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision)
+    if dimension_numbers is not None:
+        dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        if dn != nhwc:
+            raise ValueError(f"conv_general_dilated: NHWC / HWIO only, got {dimension_numbers}")
+    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+
+
+# A stride-1 convolution gets the matmul kernel gradient on CPU when output positions x C_in x
+# C_out reaches this. Measured per layer (forward + both gradients, batch 16, 2-core EPYC):
+# 44^2 x 64 -> 64 (7.9M) 0.56x XLA's time, 88^2 x 32 -> 64 (16M) 0.44x, 176^2 x 32 -> 32 (32M)
+# 0.76x, 22^2 x 128 -> 256 (16M) 0.60x, 176^2 x 3 -> 32 (3M) 0.84x; but 32^2 x 32 -> 32 (1M)
+# 1.2x, 16^2 x 33 -> 32 (0.27M) 2.5x, 64^2 x 8 -> 8 (0.26M) 3.5x; strided 4x4 convs 1.3-1.6x.
+_MATMUL_KERNEL_GRAD_MIN = 2**21
+
+
+def _matmul_pays(lhs_shape, rhs_shape, strides, padding) -> bool:
+    if jax.default_backend() != "cpu" or any(s != 1 for s in strides):
+        return False
+    (kh, kw, cin, cout), (_, h, w, _) = rhs_shape, lhs_shape
+    positions = ((h + sum(padding[0]) - kh + 1) * (w + sum(padding[1]) - kw + 1))
+    return positions * cin * cout >= _MATMUL_KERNEL_GRAD_MIN
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, padding):
+    return _xla_conv(x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+    return _xla_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+    x, kernel = residuals
+    (dx,) = jax.linear_transpose(lambda v: _xla_conv(v, kernel, strides, padding), x)(dy)
+    cols = patches(x, kernel.shape[:2], strides, padding)  # (B, H', W', kh * kw * C_in)
+    # Accumulate in at least float32 (the sum runs over batch and positions).
+    dk = lax.dot_general(cols, dy.astype(cols.dtype), (((0, 1, 2), (0, 1, 2)), ((), ())),
+                         preferred_element_type=jnp.promote_types(cols.dtype, jnp.float32))
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def patches(x, window, strides, padding):
+    """im2col: (B, H, W, C) -> (B, H', W', kh * kw * C), the input under each output position,
+    ordered (kernel row, kernel column, channel) like a flattened HWIO kernel's first three
+    axes, so that `patches(x, ...) @ kernel.reshape(-1, C_out)` is the convolution."""
+    (kh, kw), (sh, sw) = window, strides
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    ho = (x.shape[1] - kh) // sh + 1
+    wo = (x.shape[2] - kw) // sw + 1
+    return jnp.concatenate([x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                            for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def conv(features: int, kernel_size, strides=1, padding=0, name=None, **kwargs) -> nn.Conv:
+    """`nn.Conv` with the kernel gradient of `conv_general_dilated` (same variables)."""
+    return nn.Conv(features, kernel_size, strides=strides, padding=padding, name=name,
+                   conv_general_dilated=conv_general_dilated, **kwargs)
+
+
+def conv3(features: int, name: str, dtype=None) -> nn.Conv:
+    """C3: 3x3 conv, stride 1, padding 1, with bias, computed in `dtype`."""
+    return conv(features, (3, 3), strides=1, padding=1, name=name, dtype=dtype)
 
 
 def prelu(name: str) -> nn.PReLU:
@@ -29,17 +132,28 @@ def prelu(name: str) -> nn.PReLU:
     return nn.PReLU(negative_slope_init=PRELU_INIT, name=name)
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str, dtype=None) -> nn.BatchNorm:
+    """BN with PyTorch's constants. Flax computes the statistics in float32 whatever `dtype`
+    (the output's) is, and keeps the running averages in float32."""
     return nn.BatchNorm(
-        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=NORM_EPS, name=name
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=NORM_EPS, dtype=dtype,
+        name=name
     )
 
 
+def at_least_f32(x: jnp.ndarray) -> jnp.ndarray:
+    """x in float32 if it is in a narrower float type (bfloat16), else unchanged: what every
+    network returns, and what norm statistics are computed in."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def instance_norm(x: jnp.ndarray) -> jnp.ndarray:
-    """IN without scale or bias (torch.nn.InstanceNorm2d defaults): per image and channel."""
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
-    return (x - mean) * jnp.reciprocal(jnp.sqrt(var + NORM_EPS))
+    """IN without scale or bias (torch.nn.InstanceNorm2d defaults): per image and channel.
+    Statistics in float32 (also for bfloat16 inputs); the result has x's dtype."""
+    x32 = at_least_f32(x)
+    mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2), keepdims=True)
+    return ((x32 - mean) * jnp.reciprocal(jnp.sqrt(var + NORM_EPS))).astype(x.dtype)
 
 
 def avg_pool2(x: jnp.ndarray) -> jnp.ndarray:
@@ -47,20 +161,20 @@ def avg_pool2(x: jnp.ndarray) -> jnp.ndarray:
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
-def conv_stack(x, features, norm, train=False, last_plain=False):
+def conv_stack(x, features, norm, train=False, last_plain=False, dtype=None):
     """`len(features)` steps of C3 -> norm -> PReLU, layers named conv{i}, bn{i}, prelu{i}.
 
     Called inside a compact method, so the layers belong to the calling module (flat names).
     norm: "batch", "instance" or None. With `last_plain=True` the final conv has neither norm
-    nor PReLU (E_au's branches and D_l end that way).
+    nor PReLU (E_au's branches and D_l end that way). Convolutions compute in `dtype`.
     """
     n = len(features)
     for i, f in enumerate(features):
-        x = conv3(f, f"conv{i}")(x)
+        x = conv3(f, f"conv{i}", dtype)(x)
         if last_plain and i == n - 1:
             break
         if norm == "batch":
-            x = batch_norm(train, f"bn{i}")(x)
+            x = batch_norm(train, f"bn{i}", dtype)(x)
         elif norm == "instance":
             x = instance_norm(x)
         x = prelu(f"prelu{i}")(x)
@@ -76,13 +190,14 @@ class CBAM(nn.Module):
     """
 
     reduction: int = 16
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         c = x.shape[-1]
         hidden = max(1, c // self.reduction)
-        mlp_in = nn.Dense(hidden, name="mlp0")
-        mlp_out = nn.Dense(c, name="mlp1")
+        mlp_in = nn.Dense(hidden, dtype=self.dtype, name="mlp0")
+        mlp_out = nn.Dense(c, dtype=self.dtype, name="mlp1")
 
         def mlp(v):
             return mlp_out(nn.relu(mlp_in(v)))
@@ -93,8 +208,9 @@ class CBAM(nn.Module):
         pooled = jnp.concatenate(
             [jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
         )
-        s = nn.Conv(1, (7, 7), padding=3, use_bias=False, name="spatial_conv")(pooled)
-        s = batch_norm(train, "spatial_bn")(s)
+        s = conv(1, (7, 7), padding=3, use_bias=False, dtype=self.dtype,
+                 name="spatial_conv")(pooled)
+        s = batch_norm(train, "spatial_bn", self.dtype)(s)
         return x * nn.sigmoid(s)
 
 

@@ -15,22 +15,32 @@ Names follow the paper (Fig. 1):
 - `Projector` is P_i (feature alignment, §2.4 of the paper).
 
 Widths scale with `width` (1.0 = the paper). `s` = crop / 4 is the feature map size.
+
+Mixed precision: each network computes its convolutions and matmuls in `dtype` (None: the
+dtype of its inputs and variables, float32; or bfloat16 with `--compute_dtype`), while its
+parameters stay float32 (Flax's `param_dtype`), norm statistics are computed in float32, and its
+outputs are float32 (`at_least_f32`), so every loss and every softmax reads float32.
 """
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 from audjax.landmarks import NUM_LANDMARKS
 from audjax.models.layers import (
     CBAM,
     PRELU_INIT,
+    at_least_f32,
     avg_pool2,
     batch_norm,
     channels,
+    conv,
     conv3,
+    conv_general_dilated,
     conv_stack,
     identity_kernel_init,
     instance_norm,
@@ -52,17 +62,19 @@ class FeatureExtractor(nn.Module):
 
     width: float = 1.0
     tanh: bool = True
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, image, train: bool = False):
         c32, c64 = channels(32, self.width), channels(64, self.width)
         x = image
         for i, f in enumerate((c32, c32, c64, c64)):
-            x = conv3(f, f"conv{i}")(x)
-            x = batch_norm(train, f"bn{i}")(x)
+            x = conv3(f, f"conv{i}", self.dtype)(x)
+            x = batch_norm(train, f"bn{i}", self.dtype)(x)
             x = prelu(f"prelu{i}")(x)
             if i % 2 == 1:
                 x = avg_pool2(x)
+        x = at_least_f32(x)
         return jnp.tanh(x) if self.tanh else x
 
 
@@ -76,6 +88,7 @@ class LandmarkHead(nn.Module):
 
     width: float = 1.0
     num_landmarks: int = NUM_LANDMARKS
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, features, train: bool = False):
@@ -84,16 +97,17 @@ class LandmarkHead(nn.Module):
         layer = 0
         for base in (128, 256, 256):
             for _ in range(2):
-                x = conv3(channels(base, self.width), f"conv{layer}")(x)
-                x = batch_norm(train, f"bn{layer}")(x)
+                x = conv3(channels(base, self.width), f"conv{layer}", self.dtype)(x)
+                x = batch_norm(train, f"bn{layer}", self.dtype)(x)
                 x = prelu(f"prelu{layer}")(x)
                 layer += 1
             x = avg_pool2(x)
-        x = CBAM(name="cbam")(x, train)
+        x = CBAM(dtype=self.dtype, name="cbam")(x, train)
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(channels(512, self.width), name="fc0")(x)
+        x = nn.Dense(channels(512, self.width), dtype=self.dtype, name="fc0")(x)
         x = prelu("prelu_fc0")(x)
-        x = nn.Dense(2 * self.num_landmarks, name="fc1")(x)
+        x = nn.Dense(2 * self.num_landmarks, dtype=self.dtype, name="fc1")(x)
+        x = at_least_f32(x)
         return (crop / 2) * (1.0 + x.reshape(x.shape[0], self.num_landmarks, 2))
 
 
@@ -102,11 +116,13 @@ class LandmarkNet(nn.Module):
 
     width: float = 1.0
     num_landmarks: int = NUM_LANDMARKS
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, image, train: bool = False):
-        x = FeatureExtractor(self.width, tanh=False, name="parts12")(image, train)
-        return LandmarkHead(self.width, self.num_landmarks, name="head")(x, train)
+        x = FeatureExtractor(self.width, tanh=False, dtype=self.dtype, name="parts12")(image,
+                                                                                     train)
+        return LandmarkHead(self.width, self.num_landmarks, self.dtype, name="head")(x, train)
 
 
 def spatial_softmax(logits):
@@ -123,12 +139,14 @@ class LandmarkEncoder(nn.Module):
 
     width: float = 1.0
     num_landmarks: int = NUM_LANDMARKS
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, features, train: bool = False):
         c = feature_channels(self.width)
-        x = conv_stack(features, (c, c, c, c), "instance")
-        logits = conv3(self.num_landmarks, "conv4")(jnp.tanh(x))
+        x = conv_stack(features, (c, c, c, c), "instance", dtype=self.dtype)
+        logits = conv3(self.num_landmarks, "conv4", self.dtype)(jnp.tanh(x))
+        logits = at_least_f32(logits)
         return spatial_softmax(logits), logits
 
 
@@ -136,11 +154,13 @@ class BackgroundEncoder(nn.Module):
     """G_b: 4x [C3 IN PReLU], tanh -> background features (B,s,s,64) (F_sb / F_tb)."""
 
     width: float = 1.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, features, train: bool = False):
         c = feature_channels(self.width)
-        return jnp.tanh(conv_stack(features, (c, c, c, c), "instance"))
+        x = conv_stack(features, (c, c, c, c), "instance", dtype=self.dtype)
+        return jnp.tanh(at_least_f32(x))
 
 
 class FeatureGenerator(nn.Module):
@@ -148,13 +168,14 @@ class FeatureGenerator(nn.Module):
     64, 64 channels), tanh -> features (B,s,s,64)."""
 
     width: float = 1.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, attention, background, train: bool = False):
         c64, c128 = feature_channels(self.width), channels(128, self.width)
         x = jnp.concatenate([jnp.sum(attention, axis=-1, keepdims=True), background], axis=-1)
-        x = conv_stack(x, (c128, c128, c64, c64, c64), "instance")
-        return jnp.tanh(x)
+        x = conv_stack(x, (c128, c128, c64, c64, c64), "instance", dtype=self.dtype)
+        return jnp.tanh(at_least_f32(x))
 
 
 class LandmarkDiscriminator(nn.Module):
@@ -162,12 +183,14 @@ class LandmarkDiscriminator(nn.Module):
 
     width: float = 1.0
     num_landmarks: int = NUM_LANDMARKS
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, background, train: bool = False):
         c = feature_channels(self.width)
         feats = (c, c, c, c, self.num_landmarks)
-        return conv_stack(background, feats, "instance", last_plain=True)
+        x = conv_stack(background, feats, "instance", last_plain=True, dtype=self.dtype)
+        return at_least_f32(x)
 
 
 class DomainDiscriminator(nn.Module):
@@ -179,19 +202,21 @@ class DomainDiscriminator(nn.Module):
     """
 
     width: float = 1.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, features, train: bool = False):
         c64, c128 = channels(64, self.width), channels(128, self.width)
         x = features
         for i, f in enumerate((c64, c64, c128)):
-            x = nn.Conv(f, (4, 4), strides=2, padding=1, name=f"conv{i}")(x)
+            x = conv(f, (4, 4), strides=2, padding=1, dtype=self.dtype, name=f"conv{i}")(x)
             x = prelu(f"prelu{i}")(instance_norm(x))
         pad = 1 if min(x.shape[1], x.shape[2]) < 4 else 0
-        x = prelu("prelu3")(nn.Conv(c128, (4, 4), strides=2, padding=pad, name="conv3")(x))
-        x = jnp.mean(x, axis=(1, 2), keepdims=True)
-        x = nn.Conv(1, (1, 1), name="conv4")(x)
-        return x.reshape(x.shape[0], 1)
+        x = prelu("prelu3")(conv(c128, (4, 4), strides=2, padding=pad, dtype=self.dtype,
+                                 name="conv3")(x))
+        x = jnp.mean(at_least_f32(x), axis=(1, 2), keepdims=True)
+        x = conv(1, (1, 1), dtype=self.dtype, name="conv4")(x)
+        return at_least_f32(x.reshape(x.shape[0], 1))
 
 
 class GroupedConv3(nn.Module):
@@ -212,6 +237,7 @@ class GroupedConv3(nn.Module):
     features: int  # per group
     shared_input: bool = False
     grouped: bool | None = None
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
@@ -220,18 +246,19 @@ class GroupedConv3(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (3, 3, cin, k * self.features))
         bias = self.param("bias", nn.initializers.zeros, (k * self.features,))
-        conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1),
-                                 padding=((1, 1), (1, 1)),
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        conv_fn = functools.partial(conv_general_dilated, window_strides=(1, 1),
+                                    padding=((1, 1), (1, 1)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
         grouped = self.grouped if self.grouped is not None else jax.default_backend() != "cpu"
         if self.shared_input:
-            y = conv(x, kernel)
+            y = conv_fn(x, kernel)
         elif grouped:
-            y = conv(x, kernel, feature_group_count=k)
+            y = conv_fn(x, kernel, feature_group_count=k)
         else:
             f = self.features
-            y = jnp.concatenate([conv(x[..., g * cin:(g + 1) * cin],
-                                      kernel[..., g * f:(g + 1) * f]) for g in range(k)],
+            y = jnp.concatenate([conv_fn(x[..., g * cin:(g + 1) * cin],
+                                         kernel[..., g * f:(g + 1) * f]) for g in range(k)],
                                 axis=-1)
         return y + bias
 
@@ -245,7 +272,7 @@ class GroupedPReLU(nn.Module):
     def __call__(self, x):
         slope = self.param("negative_slope", nn.initializers.constant(PRELU_INIT),
                            (self.groups,))
-        per_channel = jnp.repeat(slope, x.shape[-1] // self.groups)
+        per_channel = jnp.repeat(slope, x.shape[-1] // self.groups).astype(x.dtype)
         return jnp.where(x >= 0, x, per_channel * x)
 
 
@@ -255,23 +282,27 @@ class AUDetector(nn.Module):
 
     Branch k owns channel group k of every layer (see `GroupedConv3`); batch norm is per
     channel, so each branch keeps its own statistics, exactly as six separate modules would.
-    The first conv reads the shared input, so it is one plain conv with K*64 outputs.
+    The first conv reads the shared input, so it is one plain conv with K*64 outputs. The K
+    final Dense(64 -> 1) layers (a few hundred multiply-adds) read the pooled features in
+    float32.
     """
 
     width: float = 1.0
     num_aus: int = 6
     grouped: bool | None = None
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, features, train: bool = False):
         k, c = self.num_aus, feature_channels(self.width)
         x = features
         for i in range(4):
-            x = GroupedConv3(k, c, shared_input=i == 0, grouped=self.grouped,
+            x = GroupedConv3(k, c, shared_input=i == 0, grouped=self.grouped, dtype=self.dtype,
                              name=f"conv{i}")(x)
             if i < 3:
-                x = GroupedPReLU(k, name=f"prelu{i}")(batch_norm(train, f"bn{i}")(x))
-        pooled = jnp.mean(x, axis=(1, 2)).reshape(x.shape[0], k, c)
+                x = batch_norm(train, f"bn{i}", self.dtype)(x)
+                x = GroupedPReLU(k, name=f"prelu{i}")(x)
+        pooled = jnp.mean(at_least_f32(x), axis=(1, 2)).reshape(x.shape[0], k, c)
         kernel = self.param("fc_kernel", nn.initializers.lecun_normal(), (c, k))
         bias = self.param("fc_bias", nn.initializers.zeros, (k,))
         return jnp.einsum("bkc,ck->bk", pooled, kernel) + bias
@@ -280,19 +311,22 @@ class AUDetector(nn.Module):
 class Projector(nn.Module):
     """P_i: a 1x1 conv, initialised to the identity, applied to a reconstructed feature."""
 
+    dtype: Any = None
+
     @nn.compact
     def __call__(self, x):
-        return nn.Conv(
-            x.shape[-1], (1, 1), kernel_init=identity_kernel_init, name="conv"
-        )(x)
+        y = conv(x.shape[-1], (1, 1), kernel_init=identity_kernel_init, dtype=self.dtype,
+                 name="conv")(x)
+        return at_least_f32(y)
 
 
 class Projectors(nn.Module):
     """The six P_i of L_c, one per aligned pair (DESIGN §4), keyed by the target's name."""
 
     names: tuple[str, ...] = ("F_s", "F_t", "A_s", "B_s", "A_t", "B_t")
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, features: dict, train: bool = False):
         del train  # no batch statistics; the argument keeps the calling convention uniform
-        return {n: Projector(name=n)(features[n]) for n in self.names}
+        return {n: Projector(self.dtype, name=n)(features[n]) for n in self.names}
