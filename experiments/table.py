@@ -7,7 +7,7 @@
 An ablation directory holds LABEL/seed<k>/results.json (what `experiments.ablation` writes); a
 run directory holds results.json itself. Per label the tables give the mean ± standard deviation
 over seeds (sample std, n - 1) of each AU's F1 and accuracy and of their means over AUs, and the
-paired differences of mean F1 and mean accuracy against source-only and against model A: the
+paired differences of mean F1 and mean accuracy against source-only, model A and model C: the
 difference seed by seed (same seed = same data order and augmentation), then mean ± std. Numbers
 are percentages on --split (default: the target test set). Model selection has already happened
 inside each run, on target-validation F1; test numbers choose nothing here.
@@ -65,7 +65,8 @@ def _mean_std(values) -> str:
 
 def tables(groups: dict[str, dict[int, dict]]) -> str:
     """Markdown: per-AU F1 and accuracy (mean ± std over seeds) per label, then the paired
-    differences against source_only and A where those labels are present."""
+    differences against source_only, A and C where those labels are present (variants of C
+    against C itself)."""
     first = next(iter(next(iter(groups.values())).values()))
     aus = list(first["f1"])
     out = []
@@ -78,7 +79,7 @@ def tables(groups: dict[str, dict[int, dict]]) -> str:
                      _mean_std([r[f"mean_{key}"] for r in runs])]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    for base in ("source_only", "A"):
+    for base in ("source_only", "A", "C"):
         if base not in groups:
             continue
         out += [f"Paired difference against {base} (same seeds; mean ± std over seeds):", "",
