@@ -1,5 +1,6 @@
 """The step benchmark runs and reports its numbers (its timings are not checked here)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,10 +8,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_runs_and_reports():
-    r = subprocess.run(
-        [sys.executable, "-m", "audjax.bench", "--phase=pretrain", "--crop=64", "--width=0.125",
-         "--batch=2", "--steps=1", "--matmul=256"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _bench(*args):
+    return subprocess.run([sys.executable, "-m", "audjax.bench", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_runs_and_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    r = _bench("--phase=pretrain", "--crop=64", "--width=0.125", "--batch=2", "--steps=2",
+               "--matmul=256", "--workers=0", "--pipeline_steps=2", f"--json={out}")
     assert r.returncode == 0, r.stderr
-    assert "images/s" in r.stdout and "step / matmul =" in r.stdout
+    assert "pairs/s" in r.stdout and "step / matmul =" in r.stdout and "pipeline" in r.stdout
+    figures = json.loads(out.read_text())
+    assert len(figures["step_s_each"]) == 2
+    assert figures["pairs_per_s"] == 2 / figures["step_s"]  # pretrain: one image a "pair"
+    assert figures["fraction_of_matmul"] > 0 and figures["pipeline_over_step"] > 0
+    assert figures["config"]["compute_dtype"] == "float32"
+    assert "torch_pairs_per_s" not in figures
+
+
+def test_compare_with_torch_needs_adld_shapes():
+    r = _bench("--compare=torch", "--width=0.25", "--crop=64")
+    assert r.returncode != 0
+    assert ("--compare=torch needs --width=1.0" in r.stderr
+            or "--compare=torch needs PyTorch" in r.stderr)
