@@ -2,9 +2,18 @@
 and one tiny SynthAU shared by the tests that train."""
 
 import os
+import shutil
+import tempfile
 
 # Before jax is imported anywhere: four host devices let the tests exercise data parallelism.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Many tests build the same step afresh (a new jit each time) and the runs in subprocesses compile
+# it again: one on-disk compilation cache for the session, its subprocesses included, compiles
+# each program once. A fresh directory per session, so nothing outlives it.
+_CACHE = tempfile.mkdtemp(prefix="audjax-xla-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -95,3 +104,7 @@ def tiny_runs(tmp_path_factory):
             (run / "results.json").write_text(json.dumps({"target_test": {"f1": f1}}))
         runs[name] = run
     return runs
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
