@@ -9,19 +9,21 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 # Many tests build the same step afresh (a new jit each time) and the runs in subprocesses compile
 # it again: one on-disk compilation cache for the session, its subprocesses included, compiles
-# each program once. A fresh directory per session, so nothing outlives it.
-_CACHE = tempfile.mkdtemp(prefix="audjax-xla-cache-")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+# each program once. A fresh directory per session, so nothing outlives it; pytest-xdist's
+# workers inherit the one the main process made (and leave its removal to it).
+_MADE_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _MADE_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="audjax-xla-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# Tests compile many tiny programs once each; optimisation time would dominate their run time
+# (here and in the runs they start in subprocesses).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
-
-# Tests compile many tiny programs once each; optimisation time would dominate their run time.
-jax.config.update("jax_disable_most_optimizations", True)
 
 # grain's worker processes read an absl flag; under pytest nobody parses flags.
 flags.FLAGS.mark_as_parsed()
@@ -107,4 +109,5 @@ def tiny_runs(tmp_path_factory):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    if _MADE_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

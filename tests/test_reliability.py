@@ -43,7 +43,7 @@ SPLITS = ("source_train", "target_train", "source_val", "source_test", "target_v
 def tiny(root, **kw):
     base = dict(data_root=str(root), **{s: f"list/{s}" for s in SPLITS}, crop=64, width=0.25,
                 batch_size=8, pretrain_batch_size=8, epochs=1, pretrain_epochs=1, workers=0,
-                eval_batch_size=16, log_every=2)
+                eval_batch_size=16, log_every=2, mesh_data=1)
     return Config(**{**base, **kw})
 
 
@@ -388,7 +388,7 @@ def cli(synth_root, tmp_path_factory):
     flags = [f"--data_root={synth_root}", *[f"--{s}=list/{s}" for s in SPLITS],
              "--phase=pretrain", "--crop=64", "--width=0.25", "--pretrain_batch_size=8",
              "--pretrain_epochs=3", "--checkpoint_every=2", "--log_every=1", "--workers=0",
-             "--eval_batch_size=16"]
+             "--eval_batch_size=16", "--mesh_data=1"]
 
     def start(workdir, hooks=None, log=None):
         return subprocess.Popen(
