@@ -12,20 +12,10 @@ from audjax import state as state_lib
 from audjax.config import Config
 from audjax.data.lists import Lists
 from audjax.evaluate import Evaluator
+from tests.test_steps import batch as random_batch
 
 K = 6
 CONFIG = Config(crop=64, width=0.25, batch_size=8, pretrain_batch_size=8, model="C")
-
-
-def random_batch(seed, b=8, crop=64):
-    rng = np.random.default_rng(seed)
-
-    def domain():
-        return {"image": rng.uniform(-1, 1, (b, crop, crop, 3)).astype(np.float32),
-                "landmarks": rng.uniform(8, crop - 8, (b, 49, 2)).astype(np.float32),
-                "au": rng.integers(0, 2, (b, K)).astype(np.int32)}
-
-    return {"source": domain(), "target": domain()}
 
 
 def mesh_of(n):
@@ -61,7 +51,7 @@ def test_step_on_4_devices_matches_1_device(phase):
     txs = {group: optax.adam(1e-3, eps=0.1)
            for group in state_lib.make_optimizers(config, names, 10, phase)}
     state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(0))
-    batch = random_batch(1)
+    batch = random_batch(1, b=8)
     if phase == "pretrain":
         batch = batch["source"]
     weights = np.linspace(0.5, 2.0, K).astype(np.float32)
