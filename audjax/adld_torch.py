@@ -232,13 +232,14 @@ def landmark_targets(landmarks: np.ndarray, crop: int, map_size: int) -> np.ndar
     return pts[..., 1] * map_size + pts[..., 0]
 
 
-def to_torch(domain: dict, crop: int, dtype=torch.float32) -> dict:
+def to_torch(domain: dict, crop: int, dtype=torch.float32, device="cpu") -> dict:
     """An audjax batch of one domain (NHWC image, crop-pixel landmarks, labels) as ADLD's
-    inputs: NCHW image, landmark classes, float labels."""
+    inputs on `device`: NCHW image, landmark classes, float labels."""
     image = np.ascontiguousarray(np.transpose(np.asarray(domain["image"]), (0, 3, 1, 2)))
-    return {"image": torch.from_numpy(image).to(dtype),
-            "land": torch.from_numpy(landmark_targets(domain["landmarks"], crop, crop // 4)),
-            "au": torch.from_numpy(np.asarray(domain["au"])).to(dtype)}
+    land = landmark_targets(domain["landmarks"], crop, crop // 4)
+    return {"image": torch.from_numpy(image).to(device, dtype),
+            "land": torch.from_numpy(land).to(device),
+            "au": torch.from_numpy(np.asarray(domain["au"])).to(device, dtype)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ DISCRIMINATORS = ("invar_shape_disc", "feat_gen_disc_src", "feat_gen_disc_tgt")
 
 class ADLDStep:
     """One ADLD training iteration on model A's networks; call it with a source and a target
-    batch from `to_torch`. It updates the networks in place (parameters, batch-norm statistics)
+    batch from `to_torch` (on the networks' device). It updates the networks in place (parameters, batch-norm statistics)
     and returns the losses as floats, keyed by audjax's metric names.
 
     After a call with `keep_grads=True`, `self.grads[net][param]` holds each parameter's
@@ -269,7 +270,8 @@ class ADLDStep:
         self.lambdas = dict(ADLD_LAMBDAS if lambdas is None else lambdas)
         # Round 2 runs E_l as a copy refreshed every step, outside every optimizer.
         self.land_enc_store = copy.deepcopy(nets["land_enc"])
-        self.au_weights = torch.as_tensor(np.asarray(au_weights))
+        device = next(nets["base_net"].parameters()).device
+        self.au_weights = torch.as_tensor(np.asarray(au_weights), device=device)
 
         def params(names):
             return itertools.chain(*(nets[n].parameters() for n in names))
@@ -282,7 +284,7 @@ class ADLDStep:
 
     def _keep(self, names):
         for n in names:
-            self.grads[n] = {k: p.grad.detach().numpy().copy()
+            self.grads[n] = {k: p.grad.detach().cpu().numpy().copy()
                              for k, p in self.nets[n].named_parameters()}
 
     def __call__(self, src: dict, tgt: dict, keep_grads: bool = False) -> dict[str, float]:

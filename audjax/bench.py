@@ -51,6 +51,8 @@ flags.DEFINE_integer("steps", 5, "timed steps (the median is reported)")
 flags.DEFINE_integer("warmup", 1, "untimed steps first")
 flags.DEFINE_integer("matmul", 2048, "side of the square float32 matmul baseline")
 flags.DEFINE_enum("compare", "", ["", "torch"], "also time ADLD's PyTorch step (model A)")
+flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
+                  "where the PyTorch step runs; auto: CUDA when JAX runs on a GPU and torch sees one")
 flags.DEFINE_boolean("pipeline", True, "also time the training input pipeline")
 flags.DEFINE_integer("workers", Config().workers, "pipeline worker processes")
 flags.DEFINE_integer("pipeline_steps", 50, "pipeline batches timed (after 5 warm-up batches)")
@@ -128,8 +130,13 @@ def audjax_step(config: Config, batch, mesh):
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float("nan")
+    # XLA's GPU cost analysis leaves out what it hands to cuDNN and cuBLAS (every convolution),
+    # so the FLOPs, and the fraction of the matmul rate, are counted on the CPU only.
+    if jax.default_backend() == "cpu":
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float(cost.get("flops", flops))
     holder = {"state": state}
 
     def run():
@@ -137,11 +144,12 @@ def audjax_step(config: Config, batch, mesh):
         return holder["state"], metrics
 
     # A step partitioned over the mesh reports one device's share of the FLOPs.
-    return run, compile_s, float(cost.get("flops", float("nan"))) * mesh.size
+    return run, compile_s, flops * mesh.size
 
 
-def torch_step(config: Config, batch, threads: int):
-    """ADLD's PyTorch step of model A on the same shapes, as a no-argument function."""
+def torch_step(config: Config, batch, threads: int, device: str):
+    """ADLD's PyTorch step of model A on the same shapes and `device`, as a no-argument
+    function."""
     try:
         import torch
 
@@ -155,13 +163,21 @@ def torch_step(config: Config, batch, threads: int):
     if config.width != 1.0 or config.crop < 128:
         sys.exit("error: --compare=torch needs --width=1.0 and --crop >= 128 (ADLD's networks "
                  "have one width, and its domain discriminators need feature maps of 32 or more)")
+    if device == "auto":
+        device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads)
+    # cuDNN picks its fastest algorithm per shape, as XLA's autotuner does for audjax.
+    torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     num_aus = len(config.au_names)
-    step = adld_torch.ADLDStep(adld_torch.build_networks(config.num_landmarks, num_aus),
+    nets = adld_torch.build_networks(config.num_landmarks, num_aus)
+    step = adld_torch.ADLDStep({k: v.to(device) for k, v in nets.items()},
                                np.ones(num_aus, np.float32))
-    src, tgt = (adld_torch.to_torch(batch[d], config.crop) for d in ("source", "target"))
-    return lambda: step(src, tgt)
+    src, tgt = (adld_torch.to_torch(batch[d], config.crop, device=device)
+                for d in ("source", "target"))
+    # The step returns Python floats (`.item()`), so it has finished on the device when it
+    # returns, as `block_until_ready` waits for audjax's.
+    return lambda: step(src, tgt), device
 
 
 def main(argv):
@@ -178,12 +194,13 @@ def main(argv):
     batch = random_batch(config, FLAGS.batch)
     fns = {}
     if FLAGS.compare == "torch":
-        fns["torch"] = torch_step(config, batch, threads)
+        fns["torch"], torch_device = torch_step(config, batch, threads, FLAGS.torch_device)
     fns["audjax"], compile_s, flops = audjax_step(config, batch, mesh)
     times = time_interleaved(fns, FLAGS.steps, FLAGS.warmup)
     peak = matmul_flops_per_s(FLAGS.matmul)
 
     step_s = statistics.median(times["audjax"])
+    counted = not np.isnan(flops)
     two_streams = config.phase == "joint" and config.model != "source_only"
     images_per_step = FLAGS.batch * (2 if two_streams else 1)
     r = {
@@ -192,10 +209,10 @@ def main(argv):
         "step_s": step_s,
         "step_s_each": times["audjax"],
         "compile_s": compile_s,
-        "flops_per_step": flops,
-        "flops_per_s": flops / step_s,
+        "flops_per_step": flops if counted else None,
+        "flops_per_s": flops / step_s if counted else None,
         "matmul_flops_per_s": peak,
-        "fraction_of_matmul": flops / step_s / peak,
+        "fraction_of_matmul": flops / step_s / peak if counted else None,
         "config": {"phase": config.phase, "model": config.model, "crop": config.crop,
                    "width": config.width, "batch": FLAGS.batch,
                    "compute_dtype": config.compute_dtype, "steps": FLAGS.steps,
@@ -210,10 +227,14 @@ def main(argv):
           f"batch {FLAGS.batch} per domain, {config.compute_dtype}; compile {compile_s:.1f} s; "
           f"median of {FLAGS.steps} steps after {FLAGS.warmup}")
     print(f"audjax: {step_s:.3f} s/step = {r['pairs_per_s']:.2f} pairs/s "
-          f"({r['images_per_s']:.1f} images/s); {flops / 1e9:.1f} GFLOP/step -> "
-          f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s")
-    print(f"baseline: {FLAGS.matmul}^2 float32 matmul {peak / 1e9:.1f} GFLOP/s; "
-          f"step / matmul = {r['fraction_of_matmul']:.2f}")
+          f"({r['images_per_s']:.1f} images/s)")
+    if counted:
+        print(f"{flops / 1e9:.1f} GFLOP/step -> {r['flops_per_s'] / 1e9:.1f} GFLOP/s; baseline: "
+              f"{FLAGS.matmul}^2 float32 matmul {peak / 1e9:.1f} GFLOP/s; step / matmul = "
+              f"{r['fraction_of_matmul']:.2f}")
+    else:
+        print(f"FLOPs not counted on {jax.default_backend()} (XLA's cost analysis there leaves "
+              f"out cuDNN and cuBLAS); {FLAGS.matmul}^2 float32 matmul {peak / 1e9:.1f} GFLOP/s")
 
     if "torch" in times:
         import torch
@@ -221,9 +242,12 @@ def main(argv):
         torch_s = statistics.median(times["torch"])
         r.update(torch_pairs_per_s=FLAGS.batch / torch_s, torch_step_s=torch_s,
                  torch_step_s_each=times["torch"], torch_threads=torch.get_num_threads(),
-                 torch_version=torch.__version__, speedup_vs_torch=torch_s / step_s)
-        print(f"PyTorch {torch.__version__} (ADLD's model-A step, {torch.get_num_threads()} "
-              f"threads as XLA): {torch_s:.3f} s/step = {r['torch_pairs_per_s']:.2f} pairs/s")
+                 torch_device=torch_device, torch_version=torch.__version__,
+                 speedup_vs_torch=torch_s / step_s)
+        where = (f"{torch.get_num_threads()} threads as XLA" if torch_device == "cpu"
+                 else f"on {torch.cuda.get_device_name()}")
+        print(f"PyTorch {torch.__version__} (ADLD's model-A step, {where}): "
+              f"{torch_s:.3f} s/step = {r['torch_pairs_per_s']:.2f} pairs/s")
         print(f"audjax / PyTorch = {r['speedup_vs_torch']:.2f}x (pairs/s)")
 
     if FLAGS.pipeline:

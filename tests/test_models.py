@@ -218,9 +218,12 @@ def test_conv_kernel_gradient_as_matmul_equals_xla(window, strides, padding):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_uses_the_matmul_kernel_gradient_where_it_pays():
+def test_conv_uses_the_matmul_kernel_gradient_where_it_pays(monkeypatch):
     pays = models.layers._matmul_pays
     same = ((1, 1), (1, 1))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not pays((16, 44, 44, 64), (3, 3, 64, 64), (1, 1), same)  # cuDNN's own is fast
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     assert pays((16, 44, 44, 64), (3, 3, 64, 64), (1, 1), same)  # the paper's s = 44 layers
     assert pays((16, 176, 176, 32), (3, 3, 32, 32), (1, 1), same)  # E_f's second conv
     assert not pays((16, 16, 16, 32), (3, 3, 32, 32), (1, 1), same)  # crop 64, width 0.25
