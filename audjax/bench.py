@@ -10,9 +10,10 @@ Everything is measured in one process run, so a busy machine slows every figure 
 - the compiled step on random inputs (no input pipeline), and with `--compare=torch` ADLD's
   PyTorch step of model A (`audjax.adld_torch.ADLDStep`) on the same shapes, timed in turns
   (audjax, torch, audjax, torch, ...): medians over `--steps` steps after `--warmup` steps.
-  PyTorch gets as many threads as XLA's CPU thread pool (one per core);
-- the step's FLOPs (XLA's cost analysis of the compiled step) per second, as a fraction of a
-  float32 matmul timed in the same run (the machine's practical peak);
+  On the CPU, PyTorch gets as many threads as XLA's CPU thread pool (one per core); when JAX
+  runs on a GPU, PyTorch's step runs on it too (`--torch_device`);
+- on the CPU, the step's FLOPs (XLA's cost analysis of the compiled step) per second, as a
+  fraction of a float32 matmul timed in the same run (the machine's practical peak);
 - the training input pipeline (`audjax.data.pipeline`, one stream with the default workers) on
   generated 200x200 JPEGs, as a multiple of the images/s the step consumes.
 
