@@ -255,8 +255,9 @@ DISCRIMINATORS = ("invar_shape_disc", "feat_gen_disc_src", "feat_gen_disc_tgt")
 
 class ADLDStep:
     """One ADLD training iteration on model A's networks; call it with a source and a target
-    batch from `to_torch` (on the networks' device). It updates the networks in place (parameters, batch-norm statistics)
-    and returns the losses as floats, keyed by audjax's metric names.
+    batch from `to_torch` (on the networks' device). It updates the networks in place
+    (parameters, batch-norm statistics) and returns the losses as floats, keyed by audjax's
+    metric names.
 
     After a call with `keep_grads=True`, `self.grads[net][param]` holds each parameter's
     gradient as used by its optimizer (the discriminators' from L_D, the rest from L_all).

@@ -53,7 +53,8 @@ flags.DEFINE_integer("warmup", 1, "untimed steps first")
 flags.DEFINE_integer("matmul", 2048, "side of the square float32 matmul baseline")
 flags.DEFINE_enum("compare", "", ["", "torch"], "also time ADLD's PyTorch step (model A)")
 flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
-                  "where the PyTorch step runs; auto: CUDA when JAX runs on a GPU and torch sees one")
+                  "where the PyTorch step runs; auto: CUDA when JAX runs on a GPU and torch "
+                  "sees one")
 flags.DEFINE_boolean("pipeline", True, "also time the training input pipeline")
 flags.DEFINE_integer("workers", Config().workers, "pipeline worker processes")
 flags.DEFINE_integer("pipeline_steps", 50, "pipeline batches timed (after 5 warm-up batches)")
