@@ -2,15 +2,17 @@
 
     python -m experiments.table runs/ablation                 # every label of an ablation
     python -m experiments.table runs/ablation --labels=source_only,A,C
+    python -m experiments.table runs/ablation --labels=SO_long,C_long --against=SO_long
     python -m experiments.table runs/a/C runs/b/C             # single runs, one row each
 
 An ablation directory holds LABEL/seed<k>/results.json (what `experiments.ablation` writes); a
 run directory holds results.json itself. Per label the tables give the mean ± standard deviation
 over seeds (sample std, n - 1) of each AU's F1 and accuracy and of their means over AUs, and the
-paired differences of mean F1 and mean accuracy against source-only, model A and model C: the
-difference seed by seed (same seed = same data order and augmentation), then mean ± std. Numbers
-are percentages on --split (default: the target test set). Model selection has already happened
-inside each run, on target-validation F1; test numbers choose nothing here.
+paired differences of mean F1 and mean accuracy against source-only, model A and model C (or the
+labels given by --against): the difference seed by seed (same seed = same data order and
+augmentation), then mean ± std. Numbers are percentages on --split (default: the target test
+set). Model selection has already happened inside each run, on target-validation F1; test
+numbers choose nothing here.
 """
 
 import argparse
@@ -63,10 +65,10 @@ def _mean_std(values) -> str:
     return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
 
-def tables(groups: dict[str, dict[int, dict]]) -> str:
+def tables(groups: dict[str, dict[int, dict]], against=("source_only", "A", "C")) -> str:
     """Markdown: per-AU F1 and accuracy (mean ± std over seeds) per label, then the paired
-    differences against source_only, A and C where those labels are present (variants of C
-    against C itself)."""
+    differences against each label of `against` that is present (variants of C against C
+    itself)."""
     first = next(iter(next(iter(groups.values())).values()))
     aus = list(first["f1"])
     out = []
@@ -79,7 +81,7 @@ def tables(groups: dict[str, dict[int, dict]]) -> str:
                      _mean_std([r[f"mean_{key}"] for r in runs])]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    for base in ("source_only", "A", "C"):
+    for base in against:
         if base not in groups:
             continue
         out += [f"Paired difference against {base} (same seeds; mean ± std over seeds):", "",
@@ -102,6 +104,8 @@ def main(argv=None):
     parser.add_argument("dirs", nargs="+", help="ablation directories or run directories")
     parser.add_argument("--labels", default="", help="comma-separated labels of an ablation")
     parser.add_argument("--split", default="target_test")
+    parser.add_argument("--against", default="source_only,A,C",
+                        help="comma-separated labels to give paired differences against")
     args = parser.parse_args(argv)
     groups = {}
     for d in map(Path, args.dirs):
@@ -113,7 +117,7 @@ def main(argv=None):
         groups.update(collect(d, labels, args.split))
     if not groups:
         sys.exit("no results found")
-    print(tables(groups))
+    print(tables(groups, [x for x in args.against.split(",") if x]))
 
 
 if __name__ == "__main__":

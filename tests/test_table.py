@@ -43,3 +43,17 @@ def test_mean_std_and_paired_differences(tmp_path):
     assert lines[against_c + 4] == "| source_only | 3 | -3.0 ± 2.0 | 15.0 ± 0.0 |"
     assert lines[against_c + 5] == "| C_self | 2 | -1.5 ± 4.9 | 0.0 ± 0.0 |"
     assert not any("against A" in line for line in lines)  # no A runs, no A comparison
+
+
+def test_paired_differences_against_chosen_labels(tmp_path):
+    # Long runs compared with their own source-only: differences 2 and -4 -> -1.0 ± 4.2.
+    for seed, (so, c) in enumerate(((40, 42), (50, 46))):
+        _write(tmp_path, "SO_long", seed, (so, so), (80, 80))
+        _write(tmp_path, "C_long", seed, (c, c), (80, 80))
+    _write(tmp_path, "source_only", 0, (10, 10), (80, 80))
+    groups = table.collect(tmp_path, ["SO_long", "C_long"])
+    lines = table.tables(groups, against=["SO_long"]).splitlines()
+    against = lines.index("Paired difference against SO_long (same seeds; mean ± std over "
+                          "seeds):")
+    assert lines[against + 4] == "| C_long | 2 | -1.0 ± 4.2 | 0.0 ± 0.0 |"
+    assert not any("against source_only" in line for line in lines)
