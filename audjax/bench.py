@@ -167,6 +167,8 @@ def torch_step(config: Config, batch, threads: int, device: str):
                  "have one width, and its domain discriminators need feature maps of 32 or more)")
     if device == "auto":
         device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"error: --torch_device=cuda, but PyTorch {torch.__version__} sees no CUDA device")
     torch.set_num_threads(threads)
     # cuDNN picks its fastest algorithm per shape, as XLA's autotuner does for audjax.
     torch.backends.cudnn.benchmark = True
