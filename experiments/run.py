@@ -54,7 +54,7 @@ def _fail(message: str, status: int = 2):
     sys.exit(status)
 
 
-def _resolve_flagfiles(argv):
+def resolve_flagfiles(argv):
     """Let `--flagfile=NAME` find experiments/NAME when NAME is not a path from here."""
     out = []
     for arg in argv:
@@ -68,14 +68,15 @@ def _resolve_flagfiles(argv):
     return out
 
 
-def preset_overrides(args) -> set[str]:
-    """The preset fields (loss weights, transplant) given after the last --model in `args`,
-    flag files expanded in place: those override the model's preset, earlier ones do not.
+def preset_overrides(args) -> dict[str, str]:
+    """The preset fields (loss weights, transplant) given after the last --model in `args`, each
+    with the argument that set it last, flag files expanded in place: those override the model's
+    preset, earlier ones do not.
 
-    >>> sorted(preset_overrides(["--lambda_c=1", "--model=A", "--lambda_self=0", "--notransplant"]))
-    ['lambda_self', 'transplant']
+    >>> preset_overrides(["--lambda_c=1", "--model=A", "--lambda_self=0", "--notransplant"])
+    {'lambda_self': '--lambda_self=0', 'transplant': '--notransplant'}
     """
-    given = set()
+    given = {}
     for arg in FLAGS.read_flags_from_files(list(args), force_gnu=False):
         if not arg.startswith("-"):
             continue
@@ -83,9 +84,9 @@ def preset_overrides(args) -> set[str]:
         if name == "model":
             given.clear()
         elif name in PRESET_FIELDS:
-            given.add(name)
+            given[name] = arg
         elif name.startswith("no") and name[2:] in PRESET_FIELDS:
-            given.add(name[2:])
+            given[name[2:]] = arg
     return given
 
 
@@ -131,7 +132,7 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
     absl_logging.set_verbosity(absl_logging.WARNING)  # keep library INFO lines off the console
-    overrides = preset_overrides(_resolve_flagfiles(sys.argv)[1:])
+    overrides = preset_overrides(resolve_flagfiles(sys.argv)[1:])
     values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)}
     values.update({name: None for name in PRESET_FIELDS if name not in overrides})
     config = Config(**values)
@@ -157,4 +158,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=_resolve_flagfiles(sys.argv), flags_parser=_parse_flags)
+    app.run(main, argv=resolve_flagfiles(sys.argv), flags_parser=_parse_flags)
