@@ -80,3 +80,27 @@ def test_flags_after_the_model_override_its_preset_earlier_ones_do_not(tmp_path)
     flags.write_text("--model=A\n--lambda_cyc=10\n")
     mine = effective(f"--flagfile={flags}")
     assert (mine["lambda_cyc"], mine["lambda_self"]) == (10, 3)
+
+
+def test_the_ablation_gives_the_flag_files_weights_to_every_model_with_that_term(tmp_path):
+    from experiments.ablation import shared_settings
+
+    # Weights after the flag file's --model are settings for the data: each model gets those of
+    # the terms it has; one before --model is C's preset's business and reaches no one.
+    flags = tmp_path / "data.flags"
+    flags.write_text("--lambda_cyc=5\n--model=C\n--lambda_adf=12\n--lambda_c=10\n--notransplant\n")
+    assert shared_settings(str(flags), "C") == ["--lambda_adf=12", "--lambda_c=10",
+                                                "--notransplant"]
+    assert shared_settings(str(flags), "B") == ["--lambda_adf=12", "--notransplant"]
+    assert shared_settings(str(flags), "A") == ["--lambda_adf=12"]
+    assert shared_settings(str(flags), "source_only") == []
+    # The real quick start, as the ablation runs each model: L_adf at 12 wherever it is on, and
+    # the ablation's C is the quick start's C.
+    runs = {m: effective("--flagfile=quickstart.flags", f"--model={m}",
+                         *shared_settings("quickstart.flags", m))
+            for m in ("C", "B", "A", "source_only")}
+    assert {m: r["lambda_adf"] for m, r in runs.items()} == {"C": 12, "B": 12, "A": 12,
+                                                             "source_only": 0}
+    quick = effective("--flagfile=quickstart.flags")
+    assert {k: v for k, v in runs["C"].items() if k.startswith("lambda_")} == {
+        k: v for k, v in quick.items() if k.startswith("lambda_")}
