@@ -7,15 +7,14 @@
 Every run is `python -m experiments.run --flagfile=quickstart.flags ...` in OUT/pretrain/seed<k>
 (phase 1) or OUT/<label>/seed<k> (phase 2), so each can be re-run or inspected on its own: the
 quick start's settings (its --phase, --model and --workdir overridden), so that the C runs of seed
-0 are the quick start itself and the seeds give the quick start's spread. A loss weight that the
-flag file sets after its own --model (the quick start's --lambda_adf=12) is a setting for the
-data, not for one model: every model whose preset has that term gets it, the others keep their
-preset (source-only has no L_adf). Flags this script does not know go to every phase-2 run after
-its --model, so they override the model's preset and the flag file (`--lambda_self=3`,
-`--lr_disc=1e-4`, ...); phase 1 is shared by all labels of OUT, so flags that change the
-networks' shapes need their own --out. A run that has results.json is
-skipped and an interrupted one resumes, so the same command finishes an interrupted ablation.
-At the end the table of `experiments.table` is printed and written to OUT/table.md.
+0 are the quick start itself and the seeds give the quick start's spread. Loss weights that the
+flag file sets after its own --model are that model's settings (the quick start's --lambda_adf=12
+is C's): its runs get them, the other models keep their presets. Flags this script does not know go
+to every phase-2 run after its --model, so they override the model's preset and the flag file
+(`--lambda_self=3`, `--lr_disc=1e-4`, ...); phase 1 is shared by all labels of OUT, so flags that
+change the networks' shapes need their own --out. A run that has results.json is skipped and an
+interrupted one resumes, so the same command finishes an interrupted ablation. At the end the table
+of `experiments.table` is printed and written to OUT/table.md.
 
 The seed drives model initialisation, data order and augmentation; SynthAU itself is generated
 once (--synth_seed) and shared by all seeds.
@@ -28,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from audjax.config import MODEL_PRESETS
 from audjax.data.lists import atomic_write
 from experiments import table
-from experiments.run import preset_overrides, resolve_flagfiles
+from experiments.run import FLAGS, preset_overrides, resolve_flagfiles
 
 MODELS = ("source_only", "A", "B", "C")
 
@@ -49,12 +47,13 @@ def run(args: list[str], log: Path) -> None:
     print(f"done in {time.perf_counter() - start:.0f} s: {log.parent}", flush=True)
 
 
-def shared_settings(flagfile: str, model: str) -> list[str]:
-    """The loss weights (and transplant) that `flagfile` sets after its --model, for `model`:
-    those of terms its preset has on, so that the flag file's settings reach every model with
-    that term and never switch on a term the model does not have."""
-    given = preset_overrides(resolve_flagfiles([f"--flagfile={flagfile}"]))
-    return [arg for name, arg in given.items() if MODEL_PRESETS[model][name]]
+def flagfile_settings(flagfile: str, model: str) -> list[str]:
+    """The loss weights (and transplant) that `flagfile` sets after its --model, when that
+    --model is `model`: the ablation's own --model would reset them to the preset."""
+    args = resolve_flagfiles([f"--flagfile={flagfile}"])
+    named = [a.split("=", 1)[1] for a in FLAGS.read_flags_from_files(args, force_gnu=False)
+             if a.startswith("--model=")]
+    return list(preset_overrides(args).values()) if named and named[-1] == model else []
 
 
 def main(argv=None):
@@ -86,10 +85,10 @@ def main(argv=None):
     out = Path(args.out)
     common = [f"--flagfile={args.flagfile}"]
     seeds = range(args.seeds)
-    shared = {m: shared_settings(args.flagfile, m) for m in models}
+    own = {m: flagfile_settings(args.flagfile, m) for m in models}
     for m in models:
-        if shared[m]:
-            print(f"{m}: {' '.join(shared[m])} from {args.flagfile}", flush=True)
+        if own[m]:
+            print(f"{m}: {' '.join(own[m])} from {args.flagfile}", flush=True)
 
     def pretrain(seed):
         workdir = out / "pretrain" / f"seed{seed}"
@@ -104,7 +103,7 @@ def main(argv=None):
         # Every model gets the phase-1 run: those with the transplant on start from it.
         init = f"--init_from={out / 'pretrain' / f'seed{seed}'}"
         run([*common, "--phase=joint", f"--seed={seed}", f"--workdir={workdir}", init,
-             f"--model={model}", *shared[model], *extra], workdir / "log.txt")
+             f"--model={model}", *own[model], *extra], workdir / "log.txt")
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(pretrain, seeds))

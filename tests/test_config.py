@@ -82,25 +82,26 @@ def test_flags_after_the_model_override_its_preset_earlier_ones_do_not(tmp_path)
     assert (mine["lambda_cyc"], mine["lambda_self"]) == (10, 3)
 
 
-def test_the_ablation_gives_the_flag_files_weights_to_every_model_with_that_term(tmp_path):
-    from experiments.ablation import shared_settings
+def test_the_ablation_keeps_the_flag_files_weights_for_its_model_only(tmp_path):
+    from experiments.ablation import flagfile_settings
 
-    # Weights after the flag file's --model are settings for the data: each model gets those of
-    # the terms it has; one before --model is C's preset's business and reaches no one.
-    flags = tmp_path / "data.flags"
+    # Weights after the flag file's --model are that model's; one before --model is overridden
+    # by its preset and reaches no one.
+    flags = tmp_path / "mine.flags"
     flags.write_text("--lambda_cyc=5\n--model=C\n--lambda_adf=12\n--lambda_c=10\n--notransplant\n")
-    assert shared_settings(str(flags), "C") == ["--lambda_adf=12", "--lambda_c=10",
-                                                "--notransplant"]
-    assert shared_settings(str(flags), "B") == ["--lambda_adf=12", "--notransplant"]
-    assert shared_settings(str(flags), "A") == ["--lambda_adf=12"]
-    assert shared_settings(str(flags), "source_only") == []
-    # The real quick start, as the ablation runs each model: L_adf at 12 wherever it is on, and
-    # the ablation's C is the quick start's C.
+    assert flagfile_settings(str(flags), "C") == ["--lambda_adf=12", "--lambda_c=10",
+                                                  "--notransplant"]
+    assert flagfile_settings(str(flags), "A") == []
+    flags.write_text("--lambda_cyc=5\n")
+    assert flagfile_settings(str(flags), "C") == []
+    # The real quick start, as the ablation runs each model: its C is the quick start's C (L_adf
+    # at 12), the others have their presets' weights.
     runs = {m: effective("--flagfile=quickstart.flags", f"--model={m}",
-                         *shared_settings("quickstart.flags", m))
+                         *flagfile_settings("quickstart.flags", m))
             for m in ("C", "B", "A", "source_only")}
-    assert {m: r["lambda_adf"] for m, r in runs.items()} == {"C": 12, "B": 12, "A": 12,
-                                                             "source_only": 0}
     quick = effective("--flagfile=quickstart.flags")
-    assert {k: v for k, v in runs["C"].items() if k.startswith("lambda_")} == {
-        k: v for k, v in quick.items() if k.startswith("lambda_")}
+    weights = {k for k in quick if k.startswith("lambda_")}
+    assert quick["lambda_adf"] == 12
+    assert {k: runs["C"][k] for k in weights} == {k: quick[k] for k in weights}
+    for m in ("B", "A", "source_only"):
+        assert {k.removeprefix("lambda_"): runs[m][k] for k in weights} == EXPECTED[m]
