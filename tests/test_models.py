@@ -218,6 +218,27 @@ def test_conv_kernel_gradient_as_matmul_equals_xla(window, strides, padding):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 10, 16), (1, 7, 5, 3), (3, 1, 2, 4)])
+def test_winograd_conv3x3_equals_xla(shape):
+    """Winograd F(2x2, 3x3) gives the direct convolution's output and both gradients (float64,
+    so that only the algorithm can differ), also for odd and tiny maps."""
+    dims = ("NHWC", "HWIO", "NHWC")
+    with jax.enable_x64():
+        x = jax.random.normal(KEY, shape, jnp.float64)
+        kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[-1], 5), jnp.float64)
+
+        def xla(x, k):
+            return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                dimension_numbers=dims)
+
+        ours = models.layers.winograd_conv3x3
+        np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=1e-12, atol=1e-12)
+        got, want = (jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, kernel)
+                     for f in (ours, xla))  # a non-constant cotangent
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_conv_uses_the_matmul_kernel_gradient_where_it_pays(monkeypatch):
     pays = models.layers._matmul_pays
     same = ((1, 1), (1, 1))
@@ -228,6 +249,31 @@ def test_conv_uses_the_matmul_kernel_gradient_where_it_pays(monkeypatch):
     assert pays((16, 176, 176, 32), (3, 3, 32, 32), (1, 1), same)  # E_f's second conv
     assert not pays((16, 16, 16, 32), (3, 3, 32, 32), (1, 1), same)  # crop 64, width 0.25
     assert not pays((16, 44, 44, 64), (4, 4, 64, 64), (2, 2), same)  # D_s, D_t (strided)
+
+
+def test_conv_takes_winograd_for_large_float32_3x3_layers(monkeypatch):
+    """Which convolutions `conv_general_dilated` hands to Winograd: counted by replacing it."""
+    calls = []
+    monkeypatch.setattr(models.layers, "winograd_conv3x3",
+                        lambda x, k: calls.append(x.shape) or jnp.zeros(x.shape[:3] + k.shape[3:]))
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    same, dims = ((1, 1), (1, 1)), ("NHWC", "HWIO", "NHWC")
+
+    def conv(x_shape, k_shape, padding=same, dtype=jnp.float32):
+        x, k = jnp.zeros(x_shape, dtype), jnp.zeros(k_shape, dtype)
+        jax.eval_shape(lambda: models.layers.conv_general_dilated(
+            x, k, (1, 1), padding, dimension_numbers=dims))
+        return len(calls)
+
+    assert conv((16, 176, 176, 32), (3, 3, 32, 32)) == 1  # E_f's second conv
+    assert conv((16, 44, 44, 64), (3, 3, 64, 64)) == 2  # the paper's s = 44 layers
+    assert conv((16, 176, 176, 3), (3, 3, 3, 32)) == 2  # 3 input channels: the matmul path
+    assert conv((16, 176, 176, 8), (3, 3, 8, 32)) == 3
+    assert conv((16, 16, 16, 32), (3, 3, 32, 32)) == 3  # crop 64, width 0.25: XLA's
+    assert conv((16, 44, 44, 64), (3, 3, 64, 64), dtype=jnp.bfloat16) == 3
+    assert conv((16, 44, 44, 64), (3, 3, 64, 64), padding=((0, 0), (0, 0))) == 3
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert conv((16, 44, 44, 64), (3, 3, 64, 64)) == 3  # cuDNN picks its own algorithm
 
 
 def test_projector_starts_as_identity():
