@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from audjax import parallel, steps
+from audjax import hostmem, parallel, steps
 from audjax import state as state_lib
 from audjax.config import COMPUTE_DTYPES, Config
 from audjax.data import pipeline
@@ -272,4 +272,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    hostmem.use_huge_pages()
     app.run(main)

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from audjax import hostmem
 from audjax.config import MODELS
 from audjax.data import media
 from audjax.data.lists import atomic_path, atomic_write
@@ -376,4 +377,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    hostmem.use_huge_pages()
     sys.exit(main())

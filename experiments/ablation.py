@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from audjax import hostmem
 from audjax.data.lists import atomic_write
 from experiments import table
 from experiments.run import FLAGS, preset_overrides, resolve_flagfiles
@@ -117,4 +118,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hostmem.use_huge_pages()  # inherited by the runs it starts
     main()

@@ -26,6 +26,7 @@ from pathlib import Path
 from absl import app, flags
 from absl import logging as absl_logging
 
+from audjax import hostmem
 from audjax.config import PRESET_FIELDS, Config
 from audjax.errors import RunError
 
@@ -158,4 +159,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    hostmem.use_huge_pages()
     app.run(main, argv=resolve_flagfiles(sys.argv), flags_parser=_parse_flags)
