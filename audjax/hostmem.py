@@ -64,3 +64,14 @@ def use_huge_pages() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, environment_with_huge_pages())
+
+
+def describe(environ=None) -> str:
+    """Whether this process's large buffers get huge pages, in words (for benchmark records)."""
+    environ = os.environ if environ is None else environ
+    mode = _thp_mode()
+    if mode == "always":
+        return "on (kernel: always)"
+    if mode == "madvise" and TUNABLE in environ.get("GLIBC_TUNABLES", ""):
+        return f"on ({TUNABLE})"
+    return f"off (kernel: {mode or 'unknown'})"

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from audjax import hostmem
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,8 @@ def test_bench_runs_and_writes_every_figure(tmp_path):
     assert figures["fraction_of_matmul"] > 0 and figures["pipeline_over_step"] > 0
     assert figures["config"]["compute_dtype"] == "float32"
     assert "torch_pairs_per_s" not in figures
+    if hostmem.needs_restart():  # the command restarted itself with huge pages
+        assert figures["machine"]["huge_pages"] == f"on ({hostmem.TUNABLE})"
 
 
 def test_compare_with_torch_needs_adld_shapes():

@@ -48,3 +48,13 @@ def test_the_restarted_command_has_the_tunable_and_its_arguments():
                          capture_output=True, text=True).stdout.splitlines()
     want_tunables = hostmem.TUNABLE if restart else None
     assert out == ["run"] * (2 if restart else 1) + [f"{want_tunables} ['a', '--b=1']"]
+
+
+def test_describe_says_where_the_huge_pages_come_from(monkeypatch):
+    monkeypatch.setattr(hostmem, "_thp_mode", lambda: "madvise")
+    assert hostmem.describe({}) == "off (kernel: madvise)"
+    assert hostmem.describe({"GLIBC_TUNABLES": hostmem.TUNABLE}) == f"on ({hostmem.TUNABLE})"
+    monkeypatch.setattr(hostmem, "_thp_mode", lambda: "always")
+    assert hostmem.describe({}) == "on (kernel: always)"
+    monkeypatch.setattr(hostmem, "_thp_mode", lambda: None)
+    assert hostmem.describe({"GLIBC_TUNABLES": hostmem.TUNABLE}) == "off (kernel: unknown)"
