@@ -36,7 +36,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
     Large float32 3x3 convolutions (stride 1, padding 1: every C3 of the paper's size) run as
     Winograd F(2x2, 3x3) (`winograd_conv3x3`), whose forward pass and both gradients are
-    batched matmuls with 2.25x fewer multiplications than the direct convolution.
+    matmuls with 2.25x fewer multiplications than the direct convolution.
 
     XLA:CPU lowers a convolution's kernel gradient to a convolution whose window is the whole
     output map, and runs it 2-4x slower than the forward convolution once the map and the
