@@ -239,6 +239,21 @@ def test_winograd_conv3x3_equals_xla(shape):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 7, 5, 2), (1, 1, 2, 1)])
+def test_winograd_input_transpose_is_the_transpose(shape):
+    """The input gradient's path, checked on its own against JAX's transpose of the forward
+    input transform: <B^T d B, dv> summed over tiles equals <d, transpose(dv)> for every d, dv."""
+    layers = models.layers
+    with jax.enable_x64():
+        x = jax.random.normal(KEY, shape, jnp.float64)
+        v = layers._winograd_input(x)
+        dv = [jax.random.normal(jax.random.PRNGKey(i), vi.shape, jnp.float64)
+              for i, vi in enumerate(v)]
+        (want,) = jax.linear_transpose(layers._winograd_input, x)(dv)
+        got = layers._winograd_input_transpose(dv, shape[:3])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_conv_uses_the_matmul_kernel_gradient_where_it_pays(monkeypatch):
     pays = models.layers._matmul_pays
     same = ((1, 1), (1, 1))

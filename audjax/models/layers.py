@@ -124,10 +124,11 @@ def winograd_conv3x3(x, kernel):
     The map is cut into 2x2 output tiles (odd sizes padded and cropped back). Each of the 16
     positions of the transformed 4x4 tiles is one matmul (tiles x C_in) @ (C_in x C_out):
     4 * 4 * C_in * C_out multiplications per tile instead of the direct convolution's
-    2 * 2 * 9 * C_in * C_out. The gradients (`_winograd_bwd`) are Winograd too: the kernel
-    gradient is the same 16 matmuls contracted over tiles, a quarter of the map's positions,
-    instead of XLA:CPU's slow whole-map window; the input gradient is this convolution of the
-    output gradient with the kernel turned by 180 degrees. The 16 positions stay 16 arrays
+    2 * 2 * 9 * C_in * C_out. The gradients (`_winograd_bwd`) run the algorithm backwards
+    from the output gradient's transform dM = A dY A^T: the kernel gradient is the 16 matmuls
+    V^T dM contracted over tiles, a quarter of the map's positions, instead of XLA:CPU's slow
+    whole-map window; the input gradient is the 16 matmuls dM U^T taken back through the input
+    transform (`_winograd_input_transpose`). The 16 positions stay 16 arrays
     (stacking them would cost XLA:CPU a copy of 4x the input). Rounding differs from the
     direct convolution's at the level of float32's epsilon.
     """
@@ -194,6 +195,30 @@ def _winograd_fwd(x, kernel):
     return _winograd_output([vi @ u[i] for i, vi in enumerate(v)], x.shape[:3]), (v, kernel)
 
 
+def _winograd_input_transpose(dv, shape):
+    """The transpose of `_winograd_input`: B dV B^T for every tile from the 16 arrays (tiles, C),
+    each 4x4 result added into the map where its input tile lay. Tiles overlap by 2 rows and
+    columns, so the map is built as 2x2 blocks: block (i, j), entry (p, q) sums entry
+    (p + 2a, q + 2b) of tile (i - a, j - b) for a, b in {0, 1}, shifted into place by padding;
+    then the zero padding of the forward pass is cut off. One pass that writes the map, where
+    the autodiff transpose of the strided slices wrote a padded map per slice."""
+    n, h, w = shape
+    th, tw = _tiles(h, w)
+    c = dv[0].shape[-1]
+    dv = [d.reshape(n, th, tw, c) for d in dv]
+    bt_cols = list(zip(*_WINOGRAD_BT, strict=True))
+    rows = [[_combine(bt_cols[r], dv[col::4]) for col in range(4)] for r in range(4)]
+    tiles = [[_combine(bt_cols[s], rows[r]) for s in range(4)] for r in range(4)]  # (n,th,tw,c)
+
+    def block(p, q):  # entry (p, q) of every 2x2 block: (n, th + 1, tw + 1, c)
+        return _combine((1, 1, 1, 1), [
+            jnp.pad(tiles[p + 2 * a][q + 2 * b], ((0, 0), (a, 1 - a), (b, 1 - b), (0, 0)))
+            for a in (0, 1) for b in (0, 1)])
+
+    x = jnp.stack([jnp.stack([block(p, q) for q in (0, 1)], axis=-2) for p in (0, 1)], axis=2)
+    return x.reshape(n, 2 * th + 2, 2 * tw + 2, c)[:, 1:1 + h, 1:1 + w]
+
+
 def _winograd_bwd(residuals, dy):
     v, kernel = residuals
     over_tiles = (((0,), (0,)), ((), ()))
@@ -202,7 +227,9 @@ def _winograd_bwd(residuals, dy):
                     for vi, di in zip(v, dm, strict=True)])  # (16, C_in, C_out)
     g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
     dk = jnp.einsum("ar,abio,bs->rsio", g, du.reshape(4, 4, *du.shape[1:]), g)
-    dx = winograd_conv3x3(dy, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
+    u = _winograd_kernel(kernel)
+    dv = [di @ u[i].T for i, di in enumerate(dm)]
+    dx = _winograd_input_transpose(dv, dy.shape[:3])
     return dx, dk
 
 
