@@ -194,6 +194,20 @@ def test_au_branches_batched_equal_separate(grouped):
                     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def assert_conv_matches_xla(ours, x, kernel, strides, padding, out_tol, grad_tol):
+    """ours(x, kernel) gives lax.conv_general_dilated's output (NHWC x HWIO) and both its
+    gradients, under a non-constant cotangent, to the given tolerances."""
+    def xla(x, k):
+        return jax.lax.conv_general_dilated(x, k, strides, padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=out_tol, atol=out_tol)
+    got, want = (jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, kernel)
+                 for f in (ours, xla))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=grad_tol, atol=grad_tol)
+
+
 @pytest.mark.parametrize("window, strides, padding", [
     ((3, 3), (1, 1), ((1, 1), (1, 1))), ((4, 4), (2, 2), ((1, 1), (1, 1))),
     ((4, 4), (2, 2), ((0, 0), (0, 0))), ((1, 1), (1, 1), ((0, 0), (0, 0))),
@@ -203,40 +217,19 @@ def test_conv_kernel_gradient_as_matmul_equals_xla(window, strides, padding):
     lax.conv_general_dilated's outputs and both its gradients, for any window and stride."""
     x = jax.random.normal(KEY, (2, 9, 11, 5))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (*window, 5, 3))
-    dims = ("NHWC", "HWIO", "NHWC")
-
-    def ours(x, k):
-        return models.layers._conv(x, k, strides, padding)
-
-    def xla(x, k):
-        return jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=dims)
-
-    np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=1e-6, atol=1e-6)
-    got, want = (jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, kernel)
-                 for f in (ours, xla))  # a non-constant cotangent
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert_conv_matches_xla(lambda x, k: models.layers._conv(x, k, strides, padding),
+                            x, kernel, strides, padding, out_tol=1e-6, grad_tol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 10, 16), (1, 7, 5, 3), (3, 1, 2, 4)])
 def test_winograd_conv3x3_equals_xla(shape):
     """Winograd F(2x2, 3x3) gives the direct convolution's output and both gradients (float64,
     so that only the algorithm can differ), also for odd and tiny maps."""
-    dims = ("NHWC", "HWIO", "NHWC")
     with jax.enable_x64():
         x = jax.random.normal(KEY, shape, jnp.float64)
         kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[-1], 5), jnp.float64)
-
-        def xla(x, k):
-            return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
-                                                dimension_numbers=dims)
-
-        ours = models.layers.winograd_conv3x3
-        np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=1e-12, atol=1e-12)
-        got, want = (jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, kernel)
-                     for f in (ours, xla))  # a non-constant cotangent
-        for a, b in zip(got, want, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert_conv_matches_xla(models.layers.winograd_conv3x3, x, kernel, (1, 1),
+                                ((1, 1), (1, 1)), out_tol=1e-12, grad_tol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 7, 5, 2), (1, 1, 2, 1)])
