@@ -192,7 +192,7 @@ def _winograd_conv(x, kernel):
 
 def _winograd_fwd(x, kernel):
     v, u = _winograd_input(x), _winograd_kernel(kernel)
-    return _winograd_output([vi @ u[i] for i, vi in enumerate(v)], x.shape[:3]), (v, kernel)
+    return _winograd_output([vi @ u[i] for i, vi in enumerate(v)], x.shape[:3]), (v, u)
 
 
 def _winograd_input_transpose(dv, shape):
@@ -220,14 +220,13 @@ def _winograd_input_transpose(dv, shape):
 
 
 def _winograd_bwd(residuals, dy):
-    v, kernel = residuals
+    v, u = residuals  # the transformed input and kernel of the forward pass
     over_tiles = (((0,), (0,)), ((), ()))
     dm = _winograd_output_transpose(dy)
     du = jnp.stack([lax.dot_general(vi, di, over_tiles)
                     for vi, di in zip(v, dm, strict=True)])  # (16, C_in, C_out)
-    g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
+    g = jnp.asarray(_WINOGRAD_G, u.dtype)
     dk = jnp.einsum("ar,abio,bs->rsio", g, du.reshape(4, 4, *du.shape[1:]), g)
-    u = _winograd_kernel(kernel)
     dv = [di @ u[i].T for i, di in enumerate(dm)]
     dx = _winograd_input_transpose(dv, dy.shape[:3])
     return dx, dk
