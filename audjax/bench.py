@@ -223,12 +223,12 @@ def main(argv):
                    "warmup": FLAGS.warmup, "devices": mesh.size},
         "machine": {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
                     "cpu": cpu_name(), "cores": threads, "jax": jax.__version__,
-                    "huge_pages": hostmem.describe()},
+                    **hostmem.describe()},
     }
     print(f"device: {r['machine']['device']}, batch split over {mesh.size} of "
           f"{jax.device_count()} device(s); "
           f"CPU {r['machine']['cpu']}, {threads} cores; huge pages "
-          f"{r['machine']['huge_pages']}")
+          f"{r['machine']['huge_pages']}; freed memory {r['machine']['freed_memory']}")
     print(f"{config.phase} step, model {config.model}, crop {config.crop}, width {config.width}, "
           f"batch {FLAGS.batch} per domain, {config.compute_dtype}; compile {compile_s:.1f} s; "
           f"median of {FLAGS.steps} steps after {FLAGS.warmup}")
@@ -274,5 +274,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    hostmem.use_huge_pages()
+    hostmem.tune_malloc()
     app.run(main)

@@ -377,5 +377,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    hostmem.use_huge_pages()
+    hostmem.tune_malloc()
     sys.exit(main())

@@ -118,5 +118,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    hostmem.use_huge_pages()  # inherited by the runs it starts
+    hostmem.tune_malloc()  # inherited by the runs it starts
     main()

@@ -159,5 +159,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    hostmem.use_huge_pages()
+    hostmem.tune_malloc()
     app.run(main, argv=resolve_flagfiles(sys.argv), flags_parser=_parse_flags)

@@ -1,4 +1,4 @@
-"""The restart with transparent huge pages (audjax.hostmem)."""
+"""The restart with tuned malloc settings (audjax.hostmem)."""
 
 import os
 import subprocess
@@ -8,53 +8,105 @@ import pytest
 
 from audjax import hostmem
 
+HUGE, KEEP = hostmem.HUGE_PAGES, hostmem.KEEP_FREED
+
 
 @pytest.fixture
-def huge_pages_would_help(monkeypatch):
+def glibc_236_madvise(monkeypatch):
     monkeypatch.setattr(hostmem, "_glibc_version", lambda: (2, 36))
     monkeypatch.setattr(hostmem, "_thp_mode", lambda: "madvise")
 
 
-def test_restarts_only_where_the_tunable_helps(huge_pages_would_help, monkeypatch):
-    assert hostmem.needs_restart({})
-    assert hostmem.needs_restart({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
-    assert not hostmem.needs_restart({"GLIBC_TUNABLES": hostmem.TUNABLE})
-    assert not hostmem.needs_restart({"AUDJAX_HUGE_PAGES": "0"})
-    for mode in ("always", "never", None):
+def test_asks_for_what_glibc_and_the_kernel_support(glibc_236_madvise, monkeypatch):
+    assert hostmem.missing({}) == [*KEEP, HUGE]
+    for mode in ("always", "never", None):  # huge pages need no advice, or cannot be had
         monkeypatch.setattr(hostmem, "_thp_mode", lambda mode=mode: mode)
-        assert not hostmem.needs_restart({})
+        assert hostmem.missing({}) == list(KEEP)
     monkeypatch.setattr(hostmem, "_thp_mode", lambda: "madvise")
-    for version in ((2, 34), None):
+    monkeypatch.setattr(hostmem, "_glibc_version", lambda: (2, 34))  # no hugetlb tunable
+    assert hostmem.missing({}) == list(KEEP)
+    for version in ((2, 25), None):  # no tunables at all, or not glibc
         monkeypatch.setattr(hostmem, "_glibc_version", lambda version=version: version)
+        assert hostmem.missing({}) == []
         assert not hostmem.needs_restart({})
 
 
-def test_keeps_the_tunables_already_set():
-    env = hostmem.environment_with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2",
-                                               "HOME": "/h"})
-    assert env == {"GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{hostmem.TUNABLE}", "HOME": "/h"}
-    assert hostmem.environment_with_huge_pages({})["GLIBC_TUNABLES"] == hostmem.TUNABLE
+def test_restarts_only_for_tunables_not_yet_set(glibc_236_madvise):
+    assert hostmem.needs_restart({})
+    assert not hostmem.needs_restart({"GLIBC_TUNABLES": ":".join((*KEEP, HUGE))})
+    assert not hostmem.needs_restart({"AUDJAX_TUNE_MALLOC": "0"})
+    # a tunable the user set keeps the user's value, whatever it is
+    mine = "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=0"
+    assert hostmem.missing({"GLIBC_TUNABLES": mine}) == list(KEEP[:2])
+    assert not hostmem.needs_restart({"GLIBC_TUNABLES": ":".join((mine, *KEEP[:2]))})
 
 
-def test_the_restarted_command_has_the_tunable_and_its_arguments():
-    """A real restart: the child runs the same command line again, now with the tunable (where
-    this machine's kernel and glibc call for it; otherwise it runs once, unchanged)."""
+def test_keeps_the_tunables_already_set(glibc_236_madvise):
+    env = hostmem.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0",
+                                     "HOME": "/h"})
+    assert env == {"GLIBC_TUNABLES": ":".join(("glibc.malloc.tcache_count=0", *KEEP, HUGE)),
+                   "HOME": "/h"}
+    assert hostmem.tuned_environment({})["GLIBC_TUNABLES"] == ":".join((*KEEP, HUGE))
+    assert not hostmem.needs_restart(env)
+
+
+def test_the_restarted_command_has_the_tunables_and_its_arguments():
+    """A real restart: the child runs the same command line again, now with the tunables (those
+    this machine's glibc and kernel call for; where none, it runs once, unchanged)."""
     code = ("import os, sys; from audjax import hostmem; print('run', flush=True); "
-            "hostmem.use_huge_pages(); print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
+            "hostmem.tune_malloc(); print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",
-                                                            "AUDJAX_HUGE_PAGES")}
+                                                            "AUDJAX_TUNE_MALLOC")}
     restart = hostmem.needs_restart(env)
     out = subprocess.run([sys.executable, "-c", code, "a", "--b=1"], env=env, check=True,
                          capture_output=True, text=True).stdout.splitlines()
-    want_tunables = hostmem.TUNABLE if restart else None
+    want_tunables = ":".join(hostmem.tunables()) if restart else None
     assert out == ["run"] * (2 if restart else 1) + [f"{want_tunables} ['a', '--b=1']"]
 
 
-def test_describe_says_where_the_huge_pages_come_from(monkeypatch):
+def test_kept_memory_is_reused_without_faults():
+    """What the tunables are for, in a child process: 8 buffers of 64 MB, freed and taken
+    again, fault their pages in the first time only; without the tunables glibc unmaps them on
+    free and every round faults them in again."""
+    if hostmem._glibc_version() is None or hostmem._glibc_version() < (2, 26):
+        pytest.skip("needs glibc tunables")
+    code = """
+import resource
+import numpy as np
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+rounds = []
+for _ in range(3):
+    before = faults()
+    blocks = [np.ones(2**24, np.float32) for _ in range(8)]  # 8 x 64 MB, written
+    del blocks
+    rounds.append(faults() - before)
+print(*rounds)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+
+    def rounds(tunables):
+        run_env = {**env, "GLIBC_TUNABLES": tunables} if tunables else env
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, check=True,
+                             capture_output=True, text=True).stdout
+        return [int(n) for n in out.split()]
+
+    kept, plain = rounds(":".join(KEEP)), rounds("")
+    # (numpy asks for huge pages for large arrays itself, so a round faults 2 MiB or 4 KiB pages)
+    assert kept[0] > 100 and max(kept[1:]) < kept[0] // 10, kept
+    assert plain[0] > 100 and min(plain[1:]) > plain[0] // 2, plain
+
+
+def test_describe_says_what_the_process_has(monkeypatch):
     monkeypatch.setattr(hostmem, "_thp_mode", lambda: "madvise")
-    assert hostmem.describe({}) == "off (kernel: madvise)"
-    assert hostmem.describe({"GLIBC_TUNABLES": hostmem.TUNABLE}) == f"on ({hostmem.TUNABLE})"
+    assert hostmem.describe({}) == {"huge_pages": "off (kernel: madvise)",
+                                    "freed_memory": "returned to the kernel"}
+    tuned = {"GLIBC_TUNABLES": ":".join((*KEEP, HUGE))}
+    assert hostmem.describe(tuned) == {"huge_pages": f"on ({HUGE})",
+                                       "freed_memory": f"kept ({', '.join(KEEP)})"}
+    partial = {"GLIBC_TUNABLES": KEEP[0]}
+    assert hostmem.describe(partial)["freed_memory"] == "returned to the kernel"
     monkeypatch.setattr(hostmem, "_thp_mode", lambda: "always")
-    assert hostmem.describe({}) == "on (kernel: always)"
+    assert hostmem.describe({})["huge_pages"] == "on (kernel: always)"
     monkeypatch.setattr(hostmem, "_thp_mode", lambda: None)
-    assert hostmem.describe({"GLIBC_TUNABLES": hostmem.TUNABLE}) == "off (kernel: unknown)"
+    assert hostmem.describe(tuned)["huge_pages"] == "off (kernel: unknown)"
