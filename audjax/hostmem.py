@@ -3,21 +3,20 @@
 XLA:CPU takes every buffer of a compiled step (activations, gradients, Winograd tiles) from
 malloc when the step runs and frees it when the step ends: 4.8 GB a step for the paper-size
 joint step. glibc serves blocks that large as fresh memory maps and unmaps them on free, so every
-step the kernel maps, zeroes and faults gigabytes in again. That kernel work took 9-11 of the
-28 CPU-seconds of a 14-15 s model-A step on the 2-core development machine whenever another
-workload (PyTorch's step, in the side-by-side benchmark) had used the memory in between.
+step the kernel maps, zeroes and faults them in again. Two sets of glibc tunables help:
 
-Two sets of glibc tunables remove it:
-
+- `HUGE_PAGES` (glibc 2.35+, the kernel's transparent huge pages on `madvise`): those maps in
+  2 MiB pages, 512x fewer faults and fewer TLB misses. Every entry point asks for it.
 - `KEEP_FREED`: `mmap_max=0` serves large blocks from the heap instead of maps, a high
   `trim_threshold` keeps freed memory in the heap instead of returning it to the kernel, and
-  `arena_max=1` puts every thread's blocks in that one heap (the other arenas are maps of at
-  most 64 MiB, which glibc unmaps and maps again). From the second step on, a step reuses the
-  previous step's memory: no faults, 0.1 s of kernel time, 9.5 s a step in the same setting.
-  The process keeps its peak memory until it exits, which is what a training, benchmark or
-  prediction process does anyway.
-- `HUGE_PAGES` (glibc 2.35+, the kernel's transparent huge pages on `madvise`): the heap in
-  2 MiB pages, so the first step faults 512x fewer pages and every step misses the TLB less.
+  `arena_max=1` puts every thread's blocks in that one heap (glibc unmaps the other arenas'
+  heaps once they are free). From the second step on, a step reuses the previous step's memory:
+  no faults. This matters when another workload churns memory between steps, as PyTorch's step
+  does in the side-by-side benchmark: there the kernel work took 9-11 of the 28-30 CPU-seconds
+  of a 13-16 s model-A step, and with `KEEP_FREED` 0.1 of 9.5-11 s, the time the step takes in
+  training. Training alone gains nothing from it, and its one arena makes threads wait for each
+  other's malloc calls: the quick start's joint step took 1.2-1.5x as long with `arena_max=1`.
+  So only `audjax.bench --compare=torch` asks for it.
 
 A tunable is read when the process starts, so `tune_malloc` restarts the command (same
 interpreter, arguments and environment, plus the tunables) once, before any work. It leaves
@@ -60,43 +59,45 @@ def _set(environ) -> dict[str, str]:
     return dict(pairs)
 
 
-def tunables() -> tuple[str, ...]:
-    """The tunables this machine calls for: `KEEP_FREED` wherever glibc has tunables (2.26+),
-    and `HUGE_PAGES` where glibc is 2.35+ and the kernel gives huge pages on request only."""
+def tunables(keep_freed: bool = False) -> tuple[str, ...]:
+    """The tunables this machine calls for: `HUGE_PAGES` where glibc is 2.35+ and the kernel
+    gives huge pages on request only; with `keep_freed`, `KEEP_FREED` too wherever glibc has
+    tunables (2.26+)."""
     version = _glibc_version()
     if version is None or version < (2, 26):
         return ()
     huge = version >= (2, 35) and _thp_mode() == "madvise"
-    return KEEP_FREED + ((HUGE_PAGES,) if huge else ())
+    return (KEEP_FREED if keep_freed else ()) + ((HUGE_PAGES,) if huge else ())
 
 
-def missing(environ=None) -> list[str]:
+def missing(environ=None, keep_freed: bool = False) -> list[str]:
     """`tunables()` whose names the environment does not set (a value it sets is kept)."""
     environ = os.environ if environ is None else environ
     if environ.get(SWITCH) == "0":
         return []
     have = _set(environ)
-    return [t for t in tunables() if t.split("=", 1)[0] not in have]
+    return [t for t in tunables(keep_freed) if t.split("=", 1)[0] not in have]
 
 
-def needs_restart(environ=None) -> bool:
-    return bool(missing(environ))
+def needs_restart(environ=None, keep_freed: bool = False) -> bool:
+    return bool(missing(environ, keep_freed))
 
 
-def tuned_environment(environ=None) -> dict:
+def tuned_environment(environ=None, keep_freed: bool = False) -> dict:
     """A copy of the environment with the `missing` tunables added to any already set."""
     env = dict(os.environ if environ is None else environ)
-    env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES"), *missing(env)) if t)
+    env["GLIBC_TUNABLES"] = ":".join(
+        t for t in (env.get("GLIBC_TUNABLES"), *missing(env, keep_freed)) if t)
     return env
 
 
-def tune_malloc() -> None:
+def tune_malloc(keep_freed: bool = False) -> None:
     """Restart this command with the tunables if `needs_restart`; call it first thing in a
     command-line entry point (it replaces the process, so nothing before it is kept)."""
-    if needs_restart():
+    if needs_restart(keep_freed=keep_freed):
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, sys.orig_argv, tuned_environment())
+        os.execve(sys.executable, sys.orig_argv, tuned_environment(keep_freed=keep_freed))
 
 
 def describe(environ=None) -> dict[str, str]:

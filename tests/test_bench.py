@@ -27,11 +27,10 @@ def test_bench_runs_and_writes_every_figure(tmp_path):
     assert figures["fraction_of_matmul"] > 0 and figures["pipeline_over_step"] > 0
     assert figures["config"]["compute_dtype"] == "float32"
     assert "torch_pairs_per_s" not in figures
-    if hostmem.needs_restart():  # the command restarted itself with the malloc tunables
-        machine = figures["machine"]
-        assert machine["freed_memory"].startswith("kept (glibc.malloc.mmap_max=0")
-        if hostmem.HUGE_PAGES in hostmem.tunables():
-            assert machine["huge_pages"] == f"on ({hostmem.HUGE_PAGES})"
+    if hostmem.needs_restart():  # the command restarted itself with huge pages
+        assert figures["machine"]["huge_pages"] == f"on ({hostmem.HUGE_PAGES})"
+    # freed memory is kept only when PyTorch's step runs in the same process (--compare=torch)
+    assert figures["machine"]["freed_memory"] == "returned to the kernel"
 
 
 def test_compare_with_torch_needs_adld_shapes():
