@@ -53,6 +53,10 @@ def _thp_mode() -> str | None:
     return text[start + 1:end] if 0 <= start < end else None
 
 
+def _name(tunable: str) -> str:
+    return tunable.split("=", 1)[0]
+
+
 def _set(environ) -> dict[str, str]:
     """The tunables `GLIBC_TUNABLES` sets: name -> value."""
     pairs = (t.split("=", 1) for t in environ.get("GLIBC_TUNABLES", "").split(":") if "=" in t)
@@ -76,7 +80,7 @@ def missing(environ=None, keep_freed: bool = False) -> list[str]:
     if environ.get(SWITCH) == "0":
         return []
     have = _set(environ)
-    return [t for t in tunables(keep_freed) if t.split("=", 1)[0] not in have]
+    return [t for t in tunables(keep_freed) if _name(t) not in have]
 
 
 def needs_restart(environ=None, keep_freed: bool = False) -> bool:
@@ -111,7 +115,7 @@ def describe(environ=None) -> dict[str, str]:
         huge = f"on (glibc.malloc.hugetlb={have['glibc.malloc.hugetlb']})"
     else:
         huge = f"off (kernel: {mode or 'unknown'})"
-    names = [t.split("=", 1)[0] for t in KEEP_FREED]
+    names = [_name(t) for t in KEEP_FREED]
     kept = [f"{n}={have[n]}" for n in names if n in have]
     freed = f"kept ({', '.join(kept)})" if len(kept) == len(names) else "returned to the kernel"
     return {"huge_pages": huge, "freed_memory": freed}
