@@ -194,6 +194,20 @@ def test_au_branches_batched_equal_separate(grouped):
                     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_grouped_conv_gradients_equal_xla_grouped_conv():
+    """GroupedConv3's per-group form (CPU) has the gradients of XLA's grouped convolution
+    (`feature_group_count`), for the input and the kernel."""
+    x = jax.random.normal(KEY, (2, 6, 5, 3 * 4))
+    conv = {g: models.networks.GroupedConv3(3, 2, grouped=g) for g in (True, False)}
+    v = conv[True].init(KEY, x)
+    v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(KEY, a.shape), v)
+    cot = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 5, 3 * 2))
+    grads = {g: jax.grad(lambda v, x, c=c: jnp.sum(c.apply(v, x) * cot), (0, 1))(v, x)
+             for g, c in conv.items()}
+    for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def assert_conv_matches_xla(ours, x, kernel, strides, padding, out_tol, grad_tol):
     """ours(x, kernel) gives lax.conv_general_dilated's output (NHWC x HWIO) and both its
     gradients, under a non-constant cotangent, to the given tolerances."""

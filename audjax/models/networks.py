@@ -256,10 +256,11 @@ class GroupedConv3(nn.Module):
         elif grouped:
             y = conv_fn(x, kernel, feature_group_count=k)
         else:
-            f = self.features
-            y = jnp.concatenate([conv_fn(x[..., g * cin:(g + 1) * cin],
-                                         kernel[..., g * f:(g + 1) * f]) for g in range(k)],
-                                axis=-1)
+            # jnp.split, not slices: the gradient of a slice pads it back to K*C_in channels
+            # and the K padded gradients are summed, which XLA:CPU fused into operations that
+            # took 5x the time of writing the concatenated gradients.
+            y = jnp.concatenate([conv_fn(xg, kg) for xg, kg in zip(
+                jnp.split(x, k, axis=-1), jnp.split(kernel, k, axis=-1), strict=True)], axis=-1)
         return y + bias
 
 
