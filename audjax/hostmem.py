@@ -108,11 +108,11 @@ def describe(environ=None) -> dict[str, str]:
     """This process's malloc settings in words (for benchmark records): whether its large
     buffers get huge pages, and whether freed memory stays in the process."""
     environ = os.environ if environ is None else environ
-    have, mode = _set(environ), _thp_mode()
+    have, mode, hugetlb = _set(environ), _thp_mode(), _name(HUGE_PAGES)
     if mode == "always":
         huge = "on (kernel: always)"
-    elif mode == "madvise" and have.get("glibc.malloc.hugetlb") in ("1", "2"):
-        huge = f"on (glibc.malloc.hugetlb={have['glibc.malloc.hugetlb']})"
+    elif mode == "madvise" and have.get(hugetlb) in ("1", "2"):
+        huge = f"on ({hugetlb}={have[hugetlb]})"
     else:
         huge = f"off (kernel: {mode or 'unknown'})"
     names = [_name(t) for t in KEEP_FREED]
