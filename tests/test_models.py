@@ -235,15 +235,32 @@ def test_conv_kernel_gradient_as_matmul_equals_xla(window, strides, padding):
                             x, kernel, strides, padding, out_tol=1e-6, grad_tol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 10, 16), (1, 7, 5, 3), (3, 1, 2, 4)])
-def test_winograd_conv3x3_equals_xla(shape):
-    """Winograd F(2x2, 3x3) gives the direct convolution's output and both gradients (float64,
-    so that only the algorithm can differ), also for odd and tiny maps."""
+@pytest.mark.parametrize("form", ["_winograd_conv", "_winograd_conv_f4"])
+@pytest.mark.parametrize("shape", [(2, 8, 10, 16), (1, 7, 5, 3), (3, 1, 2, 4), (1, 9, 6, 2)])
+def test_winograd_conv3x3_equals_xla(form, shape):
+    """Winograd F(2x2, 3x3) and F(4x4, 3x3) give the direct convolution's output and both
+    gradients (float64, so that only the algorithm can differ), also for maps that the tile
+    size does not divide and for tiny ones."""
     with jax.enable_x64():
         x = jax.random.normal(KEY, shape, jnp.float64)
         kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[-1], 5), jnp.float64)
-        assert_conv_matches_xla(models.layers.winograd_conv3x3, x, kernel, (1, 1),
+        assert_conv_matches_xla(getattr(models.layers, form), x, kernel, (1, 1),
                                 ((1, 1), (1, 1)), out_tol=1e-12, grad_tol=1e-12)
+
+
+def test_winograd_tile_size_by_channels():
+    """F(4x4) for the paper's 64- and 128-channel layers, F(2x2) for fewer input channels and
+    for E_au's 64 -> 384 layer; `winograd_conv3x3` runs the form chosen (float64 results)."""
+    layers = models.layers
+    for cin, cout, want in [(64, 64, layers.F4), (64, 49, layers.F4), (65, 128, layers.F4),
+                            (128, 128, layers.F4), (128, 64, layers.F4), (64, 384, layers.F2),
+                            (32, 64, layers.F2), (32, 32, layers.F2), (8, 32, layers.F2)]:
+        assert layers._winograd_tiles((3, 3, cin, cout)) is want, (cin, cout)
+    with jax.enable_x64():
+        x = jax.random.normal(KEY, (1, 6, 6, 64), jnp.float64)
+        kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 64, 64), jnp.float64)
+        np.testing.assert_array_equal(layers.winograd_conv3x3(x, kernel),
+                                      layers._winograd_conv_f4(x, kernel))
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 7, 5, 2), (1, 1, 2, 1)])

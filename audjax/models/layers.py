@@ -6,7 +6,7 @@ and readable: the ADLD importer and the phase-1 -> phase-2 transplant address la
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -99,17 +99,47 @@ def _winograd_pays(lhs, rhs, padding) -> bool:
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
-# Winograd F(2x2, 3x3) (Lavin & Gray, "Fast algorithms for convolutional neural networks",
-# CVPR 2016): a 2x2 output tile of a 3x3 correlation is A^T [(G g G^T) * (B^T d B)] A, where d
-# is the 4x4 input tile under it and g the 3x3 kernel.
-_WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+class WinogradTiles(NamedTuple):
+    """Winograd F(m x m, 3 x 3) (Lavin & Gray, "Fast algorithms for convolutional neural
+    networks", CVPR 2016): an m x m output tile of a 3x3 correlation is A^T [(G g G^T) *
+    (B^T d B)] A, where d is the (m + 2) x (m + 2) input tile under it and g the 3x3 kernel."""
+
+    m: int
+    bt: tuple  # B^T, (m + 2) x (m + 2)
+    g: tuple  # G, (m + 2) x 3
+    at: tuple  # A^T, m x (m + 2)
+
+
+F2 = WinogradTiles(2, bt=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+                   g=((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+                   at=((1, 1, 1, 0), (0, 1, -1, -1)))
+# Interpolation points 0, +-1, +-2 and infinity (Lavin & Gray's F(4x4, 3x3)).
+F4 = WinogradTiles(4, bt=((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+                          (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+                   g=((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+                      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+                   at=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
+                       (0, 1, -1, 8, -8, 1)))
+
+# F(4x4) for layers with at least this many input channels and at most twice as many outputs;
+# F(2x2) for the rest. Forward and both gradients, batch 16, 2-core EPYC, F(4x4)'s time over
+# F(2x2)'s: 44^2 x 64 -> 64 0.91, 64 -> 49 0.83, 65 -> 128 0.92, 128 -> 128 0.86, 88^2 x 64 -> 64
+# 0.93; but 44^2 x 64 -> 384 (E_au's first layer) 1.23, where F(4x4)'s input gradient, a
+# convolution of the 384-channel output gradient, costs more than F(2x2)'s, which reuses dM;
+# and 176^2 x 32 -> 32 1.20. Compiling a layer takes 2-4x longer with F(4x4) (36 transform
+# fusions, each a larger expression than F(2x2)'s 16).
+_WINOGRAD_F4_MIN_CIN = 64
+
+
+def _winograd_tiles(kernel_shape) -> WinogradTiles:
+    cin, cout = kernel_shape[2:]
+    return F4 if _WINOGRAD_F4_MIN_CIN <= cin and cout <= 2 * cin else F2
 
 
 def _combine(coefs, terms):
-    """sum_i coefs[i] * terms[i], skipping zeros: B^T and A^T hold only 0 and +-1, so the input
-    and output transforms are additions that XLA fuses into the slicing around them."""
+    """sum_i coefs[i] * terms[i], skipping zeros: the transforms are sums of a few terms with
+    small coefficients, which XLA fuses into the slicing around them."""
     out = None
     for c, t in zip(coefs, terms, strict=True):
         if c != 0:
@@ -119,94 +149,119 @@ def _combine(coefs, terms):
 
 
 def winograd_conv3x3(x, kernel):
-    """3x3 convolution, stride 1, zero padding 1, NHWC x HWIO -> NHWC, by Winograd F(2x2, 3x3).
+    """3x3 convolution, stride 1, zero padding 1, NHWC x HWIO -> NHWC, by Winograd: F(4x4, 3x3)
+    or F(2x2, 3x3), whichever is faster for the layer's channel counts (`_winograd_tiles`).
 
-    The map is cut into 2x2 output tiles (odd sizes padded and cropped back). Each of the 16
-    positions of the transformed 4x4 tiles is one matmul (tiles x C_in) @ (C_in x C_out):
-    4 * 4 * C_in * C_out multiplications per tile instead of the direct convolution's
-    2 * 2 * 9 * C_in * C_out. The gradients (`_winograd_bwd`) run the algorithm backwards
-    from the output gradient's transform dM = A dY A^T: the kernel gradient is the 16 matmuls
-    V^T dM contracted over tiles, a quarter of the map's positions, instead of XLA:CPU's slow
-    whole-map window; the input gradient is the 16 matmuls dM U^T taken back through the input
-    transform (`_winograd_input_transpose`). The 16 positions stay 16 arrays
-    (stacking them would cost XLA:CPU a copy of 4x the input). Rounding differs from the
-    direct convolution's at the level of float32's epsilon.
+    The map is cut into m x m output tiles (sizes that m does not divide padded and cropped
+    back). Each of the (m + 2)^2 positions of the transformed input tiles is one matmul
+    (tiles x C_in) @ (C_in x C_out): per output position 2.25 (F(4x4)) or 4 (F(2x2))
+    multiplications per input and output channel instead of the direct convolution's 9. The
+    kernel gradient runs the algorithm backwards from the output gradient's transform
+    dM = A dY A^T: the same matmuls V^T dM, contracted over tiles. F(2x2)'s input gradient is
+    dM U^T taken back through the transposed input transform (`_winograd_input_transpose`);
+    F(4x4)'s is a second F(4x4) convolution, of the output gradient with the kernel turned by
+    180 degrees, because XLA:CPU fuses F(4x4)'s transposed transform, whose tiles overlap
+    less regularly, into one slow loop (54 of 71 ms at 44^2 x 64 -> 64). The positions stay
+    separate arrays (stacking them would cost XLA:CPU a copy of the transformed input).
+    Rounding differs from the direct convolution's: at float32 about 3e-7 relative for
+    F(2x2) and 7e-6 for F(4x4), whose transforms have larger coefficients.
     """
+    if _winograd_tiles(kernel.shape) is F4:
+        return _winograd_conv_f4(x, kernel)
     return _winograd_conv(x, kernel)
 
 
-def _tiles(h, w):
-    return -(-h // 2), -(-w // 2)
+def _tiles(h, w, m):
+    return -(-h // m), -(-w // m)
 
 
-def _winograd_input(x):
-    """B^T d B for every 4x4 input tile d: 16 arrays (tiles, C), one per transformed position.
-    Tile (i, j) is xp[2i:2i+4, 2j:2j+4] of the zero-padded map; rows first, then columns."""
+def _winograd_input(x, t=F2):
+    """B^T d B for every input tile d: (m + 2)^2 arrays (tiles, C), one per transformed
+    position. Tile (i, j) is xp[m i : m i + m + 2, m j : m j + m + 2] of the zero-padded map;
+    rows first, then columns."""
     n, h, w, c = x.shape
-    th, tw = _tiles(h, w)
-    xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
-    rows = [xp[:, r:r + 2 * th:2] for r in range(4)]
+    m, a = t.m, t.m + 2
+    th, tw = _tiles(h, w, m)
+    xp = jnp.pad(x, ((0, 0), (1, 1 + m * th - h), (1, 1 + m * tw - w), (0, 0)))
+    rows = [xp[:, r:r + m * th:m] for r in range(a)]
     v = []
-    for bt_row in _WINOGRAD_BT:
+    for bt_row in t.bt:
         combined = _combine(bt_row, rows)
-        cols = [combined[:, :, s:s + 2 * tw:2] for s in range(4)]
-        v += [_combine(bt_col, cols).reshape(n * th * tw, c) for bt_col in _WINOGRAD_BT]
+        cols = [combined[:, :, s:s + m * tw:m] for s in range(a)]
+        v += [_combine(bt_col, cols).reshape(n * th * tw, c) for bt_col in t.bt]
     return v
 
 
-def _winograd_kernel(kernel):
-    """G g G^T for the 3x3 kernel g: (16, C_in, C_out)."""
-    g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
-    return jnp.einsum("ar,rsio,bs->abio", g, kernel, g).reshape(16, *kernel.shape[2:])
+def _winograd_kernel(kernel, t=F2):
+    """G g G^T for the 3x3 kernel g: ((m + 2)^2, C_in, C_out)."""
+    g = jnp.asarray(t.g, kernel.dtype)
+    return jnp.einsum("ar,rsio,bs->abio", g, kernel, g).reshape(-1, *kernel.shape[2:])
 
 
-def _winograd_output(m, shape):
-    """A^T M A for every tile from the 16 products (tiles, C_out), each tile's 2x2 outputs put
-    back in place: (n, h, w, C_out)."""
+def _winograd_output(m, shape, t=F2):
+    """A^T M A for every tile from the (m + 2)^2 products (tiles, C_out), each tile's m x m
+    outputs put back in place: (n, h, w, C_out)."""
     n, h, w = shape
-    th, tw = _tiles(h, w)
+    a = t.m + 2
+    th, tw = _tiles(h, w, t.m)
     m = [p.reshape(n, th, tw, -1) for p in m]
-    m_rows = [[_combine(at_row, m[b::4]) for b in range(4)] for at_row in _WINOGRAD_AT]
-    y = jnp.stack([jnp.stack([_combine(at_col, mr) for at_col in _WINOGRAD_AT], axis=-2)
-                   for mr in m_rows], axis=2)  # (n, th, 2, tw, 2, C_out)
-    return y.reshape(n, 2 * th, 2 * tw, -1)[:, :h, :w]
+    m_rows = [[_combine(at_row, m[b::a]) for b in range(a)] for at_row in t.at]
+    y = jnp.stack([jnp.stack([_combine(at_col, mr) for at_col in t.at], axis=-2)
+                   for mr in m_rows], axis=2)  # (n, th, m, tw, m, C_out)
+    return y.reshape(n, t.m * th, t.m * tw, -1)[:, :h, :w]
 
 
-def _winograd_output_transpose(dy):
-    """The transpose of `_winograd_output`: A dY A^T for every 2x2 tile of dy, 16 arrays
-    (tiles, C). Reads dy through a reshape, where the input transform needs strided slices."""
+def _winograd_output_transpose(dy, t=F2):
+    """The transpose of `_winograd_output`: A dY A^T for every m x m tile of dy, (m + 2)^2
+    arrays (tiles, C). Reads dy through a reshape, where the input transform needs strided
+    slices."""
     n, h, w, c = dy.shape
-    th, tw = _tiles(h, w)
-    dy = jnp.pad(dy, ((0, 0), (0, 2 * th - h), (0, 2 * tw - w), (0, 0)))
-    dy = dy.reshape(n, th, 2, tw, 2, c)
-    at = _WINOGRAD_AT
-    d_rows = [_combine([at[0][a], at[1][a]], [dy[:, :, 0], dy[:, :, 1]]) for a in range(4)]
-    return [_combine([at[0][b], at[1][b]], [dr[:, :, :, 0], dr[:, :, :, 1]]).reshape(-1, c)
-            for dr in d_rows for b in range(4)]
+    m = t.m
+    th, tw = _tiles(h, w, m)
+    dy = jnp.pad(dy, ((0, 0), (0, m * th - h), (0, m * tw - w), (0, 0)))
+    dy = dy.reshape(n, th, m, tw, m, c)
+    at_cols = list(zip(*t.at, strict=True))
+    d_rows = [_combine(col, [dy[:, :, r] for r in range(m)]) for col in at_cols]
+    return [_combine(col, [dr[:, :, :, r] for r in range(m)]).reshape(-1, c)
+            for dr in d_rows for col in at_cols]
+
+
+def _winograd_forward(x, kernel, t):
+    v, u = _winograd_input(x, t), _winograd_kernel(kernel, t)
+    return _winograd_output([vi @ u[i] for i, vi in enumerate(v)], x.shape[:3], t), v, u
+
+
+def _winograd_kernel_grad(v, dm, t):
+    """The kernel gradient from the transformed input and output gradient: G^T (V^T dM) G."""
+    over_tiles = (((0,), (0,)), ((), ()))
+    du = jnp.stack([lax.dot_general(vi, di, over_tiles) for vi, di in zip(v, dm, strict=True)])
+    g = jnp.asarray(t.g, du.dtype)
+    a = t.m + 2
+    return jnp.einsum("ar,abio,bs->rsio", g, du.reshape(a, a, *du.shape[1:]), g)
 
 
 @jax.custom_vjp
 def _winograd_conv(x, kernel):
-    return _winograd_fwd(x, kernel)[0]
+    return _winograd_forward(x, kernel, F2)[0]
 
 
 def _winograd_fwd(x, kernel):
-    v, u = _winograd_input(x), _winograd_kernel(kernel)
-    return _winograd_output([vi @ u[i] for i, vi in enumerate(v)], x.shape[:3]), (v, u)
+    y, v, u = _winograd_forward(x, kernel, F2)
+    return y, (v, u)
 
 
 def _winograd_input_transpose(dv, shape):
-    """The transpose of `_winograd_input`: B dV B^T for every tile from the 16 arrays (tiles, C),
-    each 4x4 result added into the map where its input tile lay. Tiles overlap by 2 rows and
-    columns, so the map is built as 2x2 blocks: block (i, j), entry (p, q) sums entry
+    """The transpose of F(2x2)'s `_winograd_input`: B dV B^T for every tile from the 16 arrays
+    (tiles, C), each 4x4 result added into the map where its input tile lay. Tiles overlap by 2
+    rows and columns, so the map is built as 2x2 blocks: block (i, j), entry (p, q) sums entry
     (p + 2a, q + 2b) of tile (i - a, j - b) for a, b in {0, 1}, shifted into place by padding;
     then the zero padding of the forward pass is cut off. One pass that writes the map, where
     the autodiff transpose of the strided slices wrote a padded map per slice."""
     n, h, w = shape
-    th, tw = _tiles(h, w)
+    th, tw = _tiles(h, w, 2)
     c = dv[0].shape[-1]
     dv = [d.reshape(n, th, tw, c) for d in dv]
-    bt_cols = list(zip(*_WINOGRAD_BT, strict=True))
+    bt_cols = list(zip(*F2.bt, strict=True))
     rows = [[_combine(bt_cols[r], dv[col::4]) for col in range(4)] for r in range(4)]
     tiles = [[_combine(bt_cols[s], rows[r]) for s in range(4)] for r in range(4)]  # (n,th,tw,c)
 
@@ -221,18 +276,34 @@ def _winograd_input_transpose(dv, shape):
 
 def _winograd_bwd(residuals, dy):
     v, u = residuals  # the transformed input and kernel of the forward pass
-    over_tiles = (((0,), (0,)), ((), ()))
-    dm = _winograd_output_transpose(dy)
-    du = jnp.stack([lax.dot_general(vi, di, over_tiles)
-                    for vi, di in zip(v, dm, strict=True)])  # (16, C_in, C_out)
-    g = jnp.asarray(_WINOGRAD_G, u.dtype)
-    dk = jnp.einsum("ar,abio,bs->rsio", g, du.reshape(4, 4, *du.shape[1:]), g)
+    dm = _winograd_output_transpose(dy, F2)
     dv = [di @ u[i].T for i, di in enumerate(dm)]
-    dx = _winograd_input_transpose(dv, dy.shape[:3])
-    return dx, dk
+    return _winograd_input_transpose(dv, dy.shape[:3]), _winograd_kernel_grad(v, dm, F2)
 
 
 _winograd_conv.defvjp(_winograd_fwd, _winograd_bwd)
+
+
+@jax.custom_vjp
+def _winograd_conv_f4(x, kernel):
+    return _winograd_forward(x, kernel, F4)[0]
+
+
+def _winograd_f4_fwd(x, kernel):
+    y, v, _ = _winograd_forward(x, kernel, F4)
+    return y, (v, kernel)
+
+
+def _winograd_f4_bwd(residuals, dy):
+    v, kernel = residuals
+    dk = _winograd_kernel_grad(v, _winograd_output_transpose(dy, F4), F4)
+    # The input gradient of a correlation is the correlation of dy with the kernel turned by
+    # 180 degrees and its channel axes swapped.
+    dx = _winograd_conv_f4(dy, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
+    return dx, dk
+
+
+_winograd_conv_f4.defvjp(_winograd_f4_fwd, _winograd_f4_bwd)
 
 
 def _xla_conv(x, kernel, strides, padding):
