@@ -35,8 +35,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     its `conv_general_dilated` field), with faster forms of the large convolutions on CPU.
 
     Large float32 3x3 convolutions (stride 1, padding 1: every C3 of the paper's size) run as
-    Winograd F(2x2, 3x3) (`winograd_conv3x3`), whose forward pass and both gradients are
-    matmuls with 2.25x fewer multiplications than the direct convolution.
+    Winograd F(2x2, 3x3) or F(4x4, 3x3) (`winograd_conv3x3`), whose forward pass and both
+    gradients are matmuls with 2.25x or 4x fewer multiplications than the direct convolution.
 
     XLA:CPU lowers a convolution's kernel gradient to a convolution whose window is the whole
     output map, and runs it 2-4x slower than the forward convolution once the map and the
@@ -163,8 +163,8 @@ def winograd_conv3x3(x, kernel):
     180 degrees, because XLA:CPU fuses F(4x4)'s transposed transform, whose tiles overlap
     less regularly, into one slow loop (54 of 71 ms at 44^2 x 64 -> 64). The positions stay
     separate arrays (stacking them would cost XLA:CPU a copy of the transformed input).
-    Rounding differs from the direct convolution's: at float32 about 3e-7 relative for
-    F(2x2) and 7e-6 for F(4x4), whose transforms have larger coefficients.
+    Rounding differs from the direct convolution's: in float32 by about 3e-7 of the largest
+    output for F(2x2) and 8e-6 for F(4x4), whose transforms have larger coefficients.
     """
     if _winograd_tiles(kernel.shape) is F4:
         return _winograd_conv_f4(x, kernel)
