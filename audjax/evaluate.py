@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from audjax import losses, parallel, steps
-from audjax.data import pipeline
+from audjax.data import images, pipeline
 from audjax.data.lists import check_command
 from audjax.errors import InputError
 from audjax.losses import MISSING_LABEL
@@ -72,7 +72,7 @@ class Evaluator:
         """Every image of `lists` once, centre-cropped. Returns a dict of arrays over the N
         usable images: "au" (N, K) their labels, "probs" (N, K) and/or "landmarks" /
         "target_landmarks" (N, L, 2) crop pixels; and "skipped", the list indices of the images
-        that could not be used (`pipeline.read_sample`)."""
+        that could not be used (`images.read_sample`)."""
         out, skipped, offset = {}, [], 0
         for batch in pipeline.eval_batches(lists, data_root, crop=self.config.crop,
                                            batch_size=self.batch_size,
@@ -119,7 +119,7 @@ class Evaluator:
     def _why(self, lists, data_root, i) -> str:
         """Why image i was left out (decoded again: rare, and workers cannot send text)."""
         path = os.path.join(data_root or "", lists.paths[i])
-        return pipeline.read_sample(path, lists.landmarks[i], self.config.crop)[1] or "unusable"
+        return images.read_sample(path, lists.landmarks[i], self.config.crop)[1] or "unusable"
 
 
 def landmark_metrics(pred, target) -> dict:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from audjax.config import Config
-from audjax.data import pipeline
+from audjax.data import images
 from audjax.data.lists import Lists, check_command, list_file
 from audjax.errors import InputError, NonFiniteError
 
@@ -67,7 +67,7 @@ class BadImages:
 
     def _describe(self, lists: Lists, i: int) -> str:
         path = os.path.join(self.root, lists.paths[i])
-        why = pipeline.read_sample(path, lists.landmarks[i], self.crop)[1] or "unusable"
+        why = images.read_sample(path, lists.landmarks[i], self.crop)[1] or "unusable"
         return f"{path} ({why}; {list_file(lists.prefix, 'path')}:{i + 1})"
 
 

@@ -45,10 +45,11 @@ from tensorboardX import SummaryWriter
 from audjax import checkpoints, parallel, preflight, steps
 from audjax import state as state_lib
 from audjax.config import Config, list_prefixes
-from audjax.data import pipeline
-from audjax.data.lists import Lists, atomic_write, check_image_files, read_lists
+from audjax.data import images, pipeline
+from audjax.data.lists import Lists, check_image_files, read_lists
 from audjax.errors import InputError, Interrupted
 from audjax.evaluate import Evaluator, format_markdown, format_table
+from audjax.files import atomic_write
 from audjax.guards import BadImages, Health, StopSignals
 from audjax.losses import au_weights
 
@@ -421,7 +422,7 @@ def with_aligned_size(config: Config, data: Data) -> Config:
     if config.aligned_size:
         return config
     lists = data.lists.get("target_train") or data.lists["source_train"]
-    image = pipeline.load_image(str(Path(data.root) / lists.paths[0]))
+    image = images.load_image(str(Path(data.root) / lists.paths[0]))
     return config.replace(aligned_size=image.shape[0])
 
 

@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from audjax import hostmem
-from audjax.data.lists import atomic_write
+from audjax.files import atomic_write
+from audjax.tools import malloc as hostmem
 from experiments import table
 from experiments.run import FLAGS, preset_overrides, resolve_flagfiles
 

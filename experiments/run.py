@@ -26,9 +26,9 @@ from pathlib import Path
 from absl import app, flags
 from absl import logging as absl_logging
 
-from audjax import hostmem
 from audjax.config import PRESET_FIELDS, Config
 from audjax.errors import RunError
+from audjax.tools import malloc as hostmem
 
 HERE = Path(__file__).resolve().parent
 

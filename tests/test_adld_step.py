@@ -1,6 +1,7 @@
 """One ADLD training step in PyTorch against audjax's model-A step, from the same weights and batch.
 
-`audjax.adld_torch.ADLDStep` is ADLD's train.py iteration written in PyTorch ("weak" mode: E_au in
+`audjax.adld.torch_reference.ADLDStep` is ADLD's train.py iteration written in PyTorch
+("weak" mode: E_au in
 training mode on F_s, F_t, F_sbtl, F_sltb; a frozen copy of E_l in round 2; ADLD's detach points;
 the discriminators' Adam step, then the generators' and the task's). Its networks start from
 PyTorch's defaults; their state dicts go through `audjax.adld.import_state_dicts` into an audjax
@@ -43,11 +44,11 @@ import pytest
 
 from audjax import state as state_lib
 from audjax import steps
-from audjax.adld import import_state_dicts
+from audjax.adld.importer import import_state_dicts
 from audjax.config import Config
 
 torch = pytest.importorskip("torch")
-from audjax import adld_torch  # noqa: E402  (needs torch)
+from audjax.adld import torch_reference as adld_torch  # noqa: E402  (needs torch)
 
 L, K, B, CROP = 49, 2, 2, 128
 AUDJAX_NAMES = {"base_net": "E_f", "land_enc": "E_l", "au_enc": "E_au", "invar_shape_enc": "G_b",

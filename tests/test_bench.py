@@ -5,13 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from audjax import hostmem
+from audjax.tools import malloc as hostmem
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args):
-    return subprocess.run([sys.executable, "-m", "audjax.bench", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "audjax.tools.bench", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""audjax.Detector and `python -m audjax.predict`: faces found, aligned and scored as in
+"""audjax.Detector and `python -m audjax.cli.predict`: faces found, aligned and scored as in
 training and evaluation, landmarks mapped back into the photo, videos and bad files.
 
 Checkpoints are freshly initialised (conftest's `tiny_runs`). An untrained head puts landmarks
@@ -22,8 +22,8 @@ from audjax.config import Config
 from audjax.data import annotate, pipeline
 from audjax.data.align import align_face
 from audjax.data.lists import read_lists, write_lists
-from audjax.detector import Detector, aligned_size, attention_landmarks, au_column
 from audjax.evaluate import Evaluator
+from audjax.inference.detector import Detector, aligned_size, attention_landmarks, au_column
 from audjax.landmarks import select_49
 
 AU_COLUMNS = ("AU01", "AU02", "AU04", "AU06", "AU12", "AU17")

@@ -1,5 +1,5 @@
-"""python -m audjax.inspect, BUILD.md's Orbax snippet, python -m audjax.plot and
-python -m audjax.visualize, on the tiny runs of conftest's `tiny_runs`."""
+"""python -m audjax.tools.inspect, BUILD.md's Orbax snippet, python -m audjax.tools.plot and
+python -m audjax.inference.figure, on the tiny runs of conftest's `tiny_runs`."""
 
 import functools
 import json
@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from audjax import checkpoints, inspect, plot, visualize
-from audjax.detector import Detector
+from audjax.inference.detector import Detector
 from audjax.state import GROUPS
 
 ROOT = Path(__file__).resolve().parents[1]

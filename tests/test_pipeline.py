@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from audjax.data.images import read_sample
 from audjax.data.lists import Lists
-from audjax.data.pipeline import eval_batches, main, read_sample, stream_seed, train_iter
+from audjax.data.pipeline import eval_batches, main, stream_seed, train_iter
 from audjax.landmarks import FLIP_PERM, LEFT_EYE, RIGHT_EYE
 
 SIZE, CROP, K, L = 72, 64, 6, 49

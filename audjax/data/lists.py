@@ -23,16 +23,16 @@ trainer itself only decodes the first one before it starts and skips the others 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import os
-import secrets
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 from absl import app, flags
 
+from audjax.data.images import read_sample
 from audjax.errors import InputError
+from audjax.files import atomic_write
 from audjax.landmarks import AU_NAMES
 
 # The values an AU label may take; 999 marks an unknown label (e.g. the unlabelled target set).
@@ -217,35 +217,6 @@ def check_labels(file, table):
                         f"one of {', '.join(map(str, LABEL_VALUES))}")
 
 
-def sample_problem(image_shape, landmarks, crop=None):
-    """Why an image of `image_shape` (H, W, ...) with (L, 2) `landmarks` cannot be used, or None.
-
-    It must be at least crop x crop (when `crop` is given), and its landmarks must lie on it,
-    give or take a quarter of its size: an aligned face keeps them near or inside its image
-    (an extreme pose may put a point just off the edge; L_l clips, L_fl does not mind), so a
-    point far off it means the list's coordinates are not the aligned image's pixels (e.g. those
-    of the raw photo).
-
-    >>> sample_problem((200, 200, 3), np.array([[10.0, -20.0]]), crop=176) is None
-    True
-    >>> sample_problem((100, 120, 3), np.array([[10.0, 20.0]]), crop=176)
-    'the 120x100 image is smaller than the 176x176 crop'
-    >>> sample_problem((100, 120, 3), np.array([[10.0, 150.0]]))
-    'landmark 1 (10, 150) lies far outside the 120x100 image: not its pixels?'
-    """
-    height, width = image_shape[:2]
-    if crop is not None and (height < crop or width < crop):
-        return f"the {width}x{height} image is smaller than the {crop}x{crop} crop"
-    x, y = landmarks[:, 0], landmarks[:, 1]
-    mx, my = width / 4, height / 4
-    outside = ~((x >= -mx) & (x <= width + mx) & (y >= -my) & (y <= height + my))
-    if outside.any():
-        j = int(np.argmax(outside))
-        return (f"landmark {j + 1} ({x[j]:g}, {y[j]:g}) lies far outside the {width}x{height} "
-                "image: not its pixels?")
-    return None
-
-
 def check_image_files(lists, data_root, *, crop=None, decode="all"):
     """Every image of `lists` must exist; the decoded ones (`decode`: "all" or "first") must
     also pass `sample_problem`. Raises ListError at the first failing line of P_path.txt.
@@ -253,8 +224,6 @@ def check_image_files(lists, data_root, *, crop=None, decode="all"):
     Files are looked at in threads (OpenCV releases the GIL), and at the first failure the rest
     of a big list is not decoded before reporting it.
     """
-    from audjax.data.pipeline import read_sample  # the training pipeline's own decode
-
     root = os.fspath(data_root) if data_root is not None else os.getcwd()
     path_file = list_file(lists.prefix, "path")
 
@@ -279,38 +248,6 @@ def check_image_files(lists, data_root, *, crop=None, decode="all"):
 
 # ---------------------------------------------------------------------------------------------
 # Writing
-
-
-@contextlib.contextmanager
-def atomic_path(file):
-    """A temporary path beside `file` to write to; renamed over `file` when the block ends
-    normally, deleted when it raises. The path keeps `file`'s suffix, for writers that choose a
-    format by it (cv2.VideoWriter, cv2.imwrite).
-
-    A reader (or a re-run after a crash) sees the old file or the new one, never half of one.
-    """
-    file = os.fspath(file)
-    folder, name = os.path.split(file)
-    os.makedirs(folder or ".", exist_ok=True)
-    suffix = os.path.splitext(name)[1]
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write(file, data):
-    """Writes `data` (str or bytes) to `file` through a temporary file (`atomic_path`)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    # A unique name created with open(..., "xb") (not tempfile.mkstemp, whose files are private
-    # to their owner): the result gets the usual permissions.
-    with atomic_path(file) as tmp, open(tmp, "xb") as f:
-        f.write(data)
 
 
 def write_lists(prefix, paths, landmarks, au, weights=None):

@@ -64,7 +64,8 @@ import grain
 import numpy as np
 from absl import flags
 
-from audjax.data.lists import Lists, read_lists, sample_problem
+from audjax.data.images import read_sample
+from audjax.data.lists import Lists, read_lists
 from audjax.landmarks import FLIP_PERM, flip_landmarks
 
 # Batches each prefetching thread or worker keeps ready. Two hide the jitter of one slow batch;
@@ -95,37 +96,6 @@ def stream_seed(seed: int, name: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # Per-image operations, shared by the training and the eval paths
 # ---------------------------------------------------------------------------------------------
-
-
-def load_image(path: str) -> np.ndarray:
-    """Decode an image file to an (H, W, 3) uint8 RGB array.
-
-    The result is a view of OpenCV's BGR array with the channel axis reversed: the crop that
-    follows and the copy into the batch then touch only the cropped pixels, once. (Pass it
-    through np.ascontiguousarray before handing it back to OpenCV.)
-
-    A missing file raises FileNotFoundError, an undecodable one ValueError; both name the file.
-    """
-    # np.fromfile + imdecode instead of cv2.imread: imread returns None for a missing file and a
-    # corrupt one alike, and its error says nothing about which file it was.
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None  # empty: cv2 asserts
-    if image is None:
-        raise ValueError(f"{path}: cannot decode image ({data.size} bytes)")
-    return image[..., ::-1]
-
-
-def read_sample(path: str, landmarks: np.ndarray, crop: int):
-    """Decode an image and check it can be used with its landmarks and this crop
-    (`audjax.data.lists.sample_problem`). Returns (image, None) or (None, why it cannot)."""
-    try:
-        image = load_image(path)
-    except OSError as e:  # missing, unreadable, a folder ...
-        return None, e.strerror or str(e)
-    except ValueError:
-        return None, "cannot decode image"
-    problem = sample_problem(image.shape, landmarks, crop)
-    return (None, problem) if problem else (image, None)
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:

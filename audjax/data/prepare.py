@@ -60,7 +60,7 @@ from audjax.data.lists import (
     write_lists,
 )
 from audjax.landmarks import AU_NAMES, select_49
-from audjax.progress import StatusLine
+from audjax.tools.progress import StatusLine
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 

@@ -64,8 +64,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from audjax.data.lists import atomic_write, read_lists, write_weights
+from audjax.data.lists import read_lists, write_weights
 from audjax.data.prepare import RawItem, prepare
+from audjax.files import atomic_write
 from audjax.landmarks import AU_NAMES, LEFT_EYE_68, RIGHT_EYE_68
 
 VERSION = 1

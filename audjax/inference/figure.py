@@ -1,5 +1,5 @@
 """The paper's Fig. 1 for a real pair of faces:
-`python -m audjax.visualize --run RUN SOURCE_IMAGE TARGET_IMAGE --out FIG.png`.
+`python -m audjax.inference.figure --run RUN SOURCE_IMAGE TARGET_IMAGE --out FIG.png`.
 
 Both faces are found, aligned and centre-cropped as `audjax.Detector` does (or taken as they are
 with `--aligned`), then run through rounds 1 and 2 of the separation (DESIGN §3) in evaluation
@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from audjax import steps
-from audjax.data import media
-from audjax.plot import _pyplot, save_figure
+from audjax.inference import media
+from audjax.tools.plot import _pyplot, save_figure
 
 NEEDED = ("E_f", "E_l", "G_b", "G_st", "E_au")
 
@@ -102,7 +102,7 @@ def figure(detector, source_bgr, target_bgr, out, aligned: bool = False,
         ax[0].set_title(f"{label} face (aligned crop)")
         ax[1].imshow(rgb)
         # The s x s map over the S x S crop, cell j centred on crop pixel 4j: the pixel
-        # training taught it to mark (see audjax.detector).
+        # training taught it to mark (see audjax.inference.detector).
         size, half = rgb.shape[0], 2.0
         ax[1].imshow(attention, cmap="inferno", alpha=0.6,
                      extent=(-half, size - half, size - half, -half))
@@ -144,7 +144,7 @@ def _au_bars(ax, au_columns, probs: dict):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m audjax.visualize",
+        prog="python -m audjax.inference.figure",
         description="The paper's Fig. 1 (separation, recombination, cross-cycle "
                     "reconstruction) for a source and a target face.")
     parser.add_argument("source", metavar="SOURCE_IMAGE")
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
                         help="the images are faces already aligned as the training images")
     parser.add_argument("--device", help="cpu or gpu (default: JAX's default device)")
     args = parser.parse_args(argv)
-    from audjax.detector import Detector
+    from audjax.inference.detector import Detector
 
     try:
         detector = Detector.from_run(args.run, batch_size=1, device=args.device)

@@ -16,7 +16,7 @@ step the kernel maps, zeroes and faults them in again. Two sets of glibc tunable
   of a 13-16 s model-A step, and with `KEEP_FREED` 0.1 of 9.5-11 s, the time the step takes in
   training. Training alone gains nothing from it, and its one arena makes threads wait for each
   other's malloc calls: the quick start's joint step took 1.2-1.5x as long with `arena_max=1`.
-  So only `audjax.bench --compare=torch` asks for it.
+  So only `audjax.tools.bench --compare=torch` asks for it.
 
 A tunable is read when the process starts, so `tune_malloc` restarts the command (same
 interpreter, arguments and environment, plus the tunables) once, before any work. It leaves

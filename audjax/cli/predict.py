@@ -1,16 +1,17 @@
 """Score the AUs of every face in photos, videos and folders with a trained run.
 
-    python -m audjax.predict photo.jpg clips/ --run runs/quickstart/joint --out results.csv
-    python -m audjax.predict clip.mp4 --run RUN --out clip.csv --every 5 --overlay overlays/
-    python -m audjax.predict --bench --crop 176 --width 1.0    # faces/s: network, dlib, both
+    python -m audjax.cli.predict photo.jpg clips/ --run runs/quickstart/joint --out results.csv
+    python -m audjax.cli.predict clip.mp4 --run RUN --out clip.csv --every 5 --overlay overlays/
+    python -m audjax.cli.predict --bench --crop 176 --width 1.0    # faces/s: network, dlib, both
 
-The CSV has one row per face, with `audjax.detector`'s columns (OpenFace / py-feat names:
+The CSV has one row per face, with `audjax.inference.detector`'s columns (OpenFace / py-feat names:
 `input, frame, timestamp, face_id, face_x, ..., success, AU01, ..., AU01_c, ..., x_0, ...,
 y_48`); an image or frame without a face gives a row with success 0 and empty values. It is
 written to a temporary file and renamed when complete. A file that cannot be read is reported
 on stderr, counted in the closing line and skipped.
 
-`--overlay DIR` draws the face box, the 49 landmarks and a bar per AU (`audjax.overlay`) on a
+`--overlay DIR` draws the face box, the 49 landmarks and a bar per AU
+(`audjax.inference.overlay`) on a
 copy of each image, saved as DIR/<its path under the input folder, as .jpg>; a video's frames go
 to DIR/<video name>/<frame>.jpg, or into one DIR/<video name>.mp4 with `--overlay_video`.
 """
@@ -30,12 +31,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from audjax import hostmem
 from audjax.config import MODELS
-from audjax.data import media
-from audjax.data.lists import atomic_path, atomic_write
-from audjax.detector import PATHS
-from audjax.progress import StatusLine
+from audjax.files import atomic_path, atomic_write
+from audjax.inference import media
+from audjax.inference.detector import PATHS
+from audjax.tools import malloc as hostmem
+from audjax.tools.progress import StatusLine
 
 # ---------------------------------------------------------------------------------------------
 # CSV
@@ -195,7 +196,7 @@ def predict(detector, inputs, out, *, aligned=False, every=1, overlay=None,
 
     The CSV goes through a temporary file, renamed into place only when every input is done.
     """
-    from audjax import overlay as overlay_lib
+    from audjax.inference import overlay as overlay_lib
 
     counts = Progress(progress)
     overlays = OverlayWriter(overlay, inputs, overlay_video, every) if overlay else None
@@ -235,7 +236,7 @@ def bench(args) -> None:
     from audjax import state as state_lib
     from audjax.config import Config
     from audjax.data import annotate
-    from audjax.detector import Detector, prediction_networks
+    from audjax.inference.detector import Detector, prediction_networks
 
     # Faces aligned to the paper's 200 for crop 176, in proportion for other crops.
     config = Config(crop=args.crop, width=args.width, model=args.model,
@@ -304,7 +305,7 @@ def _bench_images(args) -> list[np.ndarray]:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m audjax.predict",
+        prog="python -m audjax.cli.predict",
         description="AU probabilities and landmarks of every face in photos, videos and "
                     "folders, as a CSV (one row per face).")
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
@@ -356,7 +357,7 @@ def main(argv=None) -> int:
     if args.bench:
         bench(args)
         return 0
-    from audjax.detector import Detector
+    from audjax.inference.detector import Detector
 
     try:
         detector = Detector.from_run(args.run, batch_size=args.batch_size,

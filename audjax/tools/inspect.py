@@ -1,4 +1,4 @@
-"""Describe a checkpoint without reading its arrays: `python -m audjax.inspect PATH [--json]`.
+"""Describe a checkpoint without reading its arrays: `python -m audjax.tools.inspect PATH [--json]`.
 
 PATH is a run directory (its best checkpoint is described), a manager directory
 (`RUN/checkpoints`: its latest step) or a step directory. Everything comes from Orbax's metadata
@@ -187,7 +187,7 @@ def format_text(d: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m audjax.inspect",
+        prog="python -m audjax.tools.inspect",
         description="Describe a checkpoint from its metadata, without reading its arrays.")
     parser.add_argument("path", help="a run directory (its best checkpoint), RUN/checkpoints "
                                      "(the latest) or a checkpoint step directory")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from audjax.adld import ADLD_NAMES, import_state_dicts
+from audjax.adld.importer import ADLD_NAMES, import_state_dicts
 
 RNG = np.random.default_rng(0)
 L, K = 49, 6

@@ -1,4 +1,4 @@
-"""The restart with tuned malloc settings (audjax.hostmem)."""
+"""The restart with tuned malloc settings (audjax.tools.malloc)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from audjax import hostmem
+from audjax.tools import malloc as hostmem
 
 HUGE, KEEP = hostmem.HUGE_PAGES, hostmem.KEEP_FREED
 
@@ -58,7 +58,7 @@ def test_keeps_the_tunables_already_set(glibc_236_madvise):
 def test_the_restarted_command_has_the_tunables_and_its_arguments(keep_freed):
     """A real restart: the child runs the same command line again, now with the tunables (those
     this machine's glibc and kernel call for; where none, it runs once, unchanged)."""
-    code = ("import os, sys; from audjax import hostmem; print('run', flush=True); "
+    code = ("import os, sys; from audjax.tools import malloc as hostmem; print('run', flush=True); "
             f"hostmem.tune_malloc(keep_freed={keep_freed}); "
             "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",

@@ -1,13 +1,15 @@
 """Cross-check of the ADLD importer, the networks and the landmark losses against PyTorch.
 
 The original ADLD networks (ZhiwenShao/ADLD, network.py; DESIGN §7 layout), as
-`audjax.adld_torch` builds them, get random weights, random batch-norm statistics and random
+`audjax.adld.torch_reference` builds them, get random weights, random batch-norm statistics and
+random
 PReLU slopes, in eval mode.
 Their state dicts go through `audjax.adld.import_state_dicts`, and every network's audjax output
 must match PyTorch's on the same inputs (NCHW there, NHWC here) to float32 rounding, at the
 paper's crop 176 (s = 44) and, except the domain discriminators (whose fourth conv audjax pads
 below s = 44), at crop 64. The three landmark losses are compared with ADLD's util.py as
-`audjax.adld_torch` writes it, and `weighted_bce` with `torch.nn.BCEWithLogitsLoss(weight=w)`.
+`audjax.adld.torch_reference` writes it, and `weighted_bce` with
+`torch.nn.BCEWithLogitsLoss(weight=w)`.
 
 torch is optional: without it this module is skipped. To run it: `pip install -e ".[bench]"`.
 """
@@ -17,10 +19,10 @@ import numpy as np
 import pytest
 
 from audjax import losses
-from audjax.adld import import_state_dicts
+from audjax.adld.importer import import_state_dicts
 
 torch = pytest.importorskip("torch")
-from audjax import adld_torch  # noqa: E402  (needs torch)
+from audjax.adld import torch_reference as adld_torch  # noqa: E402  (needs torch)
 
 nn = torch.nn
 

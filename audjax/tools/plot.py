@@ -1,4 +1,5 @@
-"""Training curves and per-AU F1 of one or more runs: `python -m audjax.plot RUN... --out FIG.png`.
+"""Training curves and per-AU F1 of one or more runs:
+`python -m audjax.tools.plot RUN... --out FIG.png`.
 
 From each run's `metrics.jsonl`: the loss terms (unweighted), the weighted total L_all, the
 discriminator losses, the validation mean F1 and the landmark NME against the step; from each
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from audjax.data.lists import atomic_write
+from audjax.files import atomic_write
 
 MISSING_EXTRA = "plotting needs matplotlib: pip install 'audjax[plot]'"
 DISCRIMINATOR = ("loss_d", "d_landmark", "d_domain")
@@ -147,7 +148,7 @@ def save_figure(fig, out):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audjax.plot",
+    parser = argparse.ArgumentParser(prog="python -m audjax.tools.plot",
                                      description="Training curves and per-AU F1 of runs.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     parser.add_argument("--out", required=True, help="the figure (.png, .pdf, .svg)")

@@ -1,14 +1,15 @@
 """Benchmark the training step: pairs/s, FLOP/s against the machine's matmul rate, ADLD's PyTorch
 step side by side, and the input pipeline.
 
-    python -m audjax.bench                                  # model A at the paper's shapes
-    python -m audjax.bench --compare=torch --json=a.json    # and ADLD's PyTorch step, same run
-    python -m audjax.bench --model=C --compute_dtype=bfloat16
+    python -m audjax.tools.bench                                  # model A at the paper's shapes
+    python -m audjax.tools.bench --compare=torch --json=a.json  # and ADLD's PyTorch step
+    python -m audjax.tools.bench --model=C --compute_dtype=bfloat16
 
 Everything is measured in one process run, so a busy machine slows every figure alike:
 
 - the compiled step on random inputs (no input pipeline), and with `--compare=torch` ADLD's
-  PyTorch step of model A (`audjax.adld_torch.ADLDStep`) on the same shapes, timed in turns
+  PyTorch step of model A (`audjax.adld.torch_reference.ADLDStep`) on the same shapes, timed
+  in turns
   (audjax, torch, audjax, torch, ...): medians over `--steps` steps after `--warmup` steps.
   On the CPU, PyTorch gets as many threads as XLA's CPU thread pool (one per core); when JAX
   runs on a GPU, PyTorch's step runs on it too (`--torch_device`);
@@ -35,11 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from audjax import hostmem, parallel, steps
+from audjax import parallel, steps
 from audjax import state as state_lib
 from audjax.config import COMPUTE_DTYPES, Config
 from audjax.data import pipeline
-from audjax.data.lists import atomic_write
+from audjax.files import atomic_write
+from audjax.tools import malloc as hostmem
 
 flags.DEFINE_enum("phase", "joint", ["joint", "pretrain"], "which step")
 flags.DEFINE_enum("model", "A", ["C", "B", "A", "source_only"], "joint-phase model")
@@ -155,7 +157,7 @@ def torch_step(config: Config, batch, threads: int, device: str):
     try:
         import torch
 
-        from audjax import adld_torch
+        from audjax.adld import torch_reference as adld_torch
     except ImportError:
         sys.exit("error: --compare=torch needs PyTorch, the `bench` extra: "
                  "pip install -e '.[bench]'")

@@ -54,7 +54,8 @@ import numpy as np
 from audjax import checkpoints, losses, steps
 from audjax import state as state_lib
 from audjax.config import Config
-from audjax.data import align, annotate, media, pipeline
+from audjax.data import align, annotate, pipeline
+from audjax.inference import media
 
 # The networks prediction may use; a checkpoint's own (state.network_names) restricts them.
 PREDICTION_NETWORKS = ("landmark_net", "E_f", "landmark", "E_l", "G_b", "G_st", "E_au")

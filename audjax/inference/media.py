@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from audjax.data.pipeline import load_image
+from audjax.data.images import load_image
 from audjax.data.prepare import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
