@@ -11,10 +11,11 @@ import sys
 import jax
 import numpy as np
 
-from audjax import losses, parallel, steps
+from audjax import losses, parallel
 from audjax.data import images, pipeline
 from audjax.data.lists import check_command
 from audjax.errors import InputError
+from audjax.inference import paths
 from audjax.losses import MISSING_LABEL
 
 
@@ -55,10 +56,10 @@ class Evaluator:
         reads its own block of each batch and gets every prediction."""
         self.config, self.mesh = config, mesh
         self.batch_size = parallel.eval_batch_size(config, mesh)
-        self.au = ({d: self._jit(functools.partial(steps.predict_au, config, nets, domain=d))
+        self.au = ({d: self._jit(functools.partial(paths.predict_au, config, nets, domain=d))
                     for d in ("source", "target")} if "E_au" in names else None)
         has_landmarks = "landmark_net" in names or "landmark" in names
-        self.landmarks = (self._jit(functools.partial(steps.predict_landmarks, nets))
+        self.landmarks = (self._jit(functools.partial(paths.predict_landmarks, nets))
                           if has_landmarks else None)
 
     def _jit(self, fn):

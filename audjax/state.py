@@ -94,6 +94,18 @@ def build_networks(config: Config, num_aus: int) -> dict[str, nn.Module]:
     }
 
 
+def apply_net(nets, name, params, batch_stats, *args, train: bool):
+    """Run network `name`; returns (output, batch_stats with its statistics updated if train)."""
+    variables = {"params": params[name]}
+    if name not in batch_stats:
+        return nets[name].apply(variables, *args, train=train), batch_stats
+    variables["batch_stats"] = batch_stats[name]
+    if not train:
+        return nets[name].apply(variables, *args, train=False), batch_stats
+    out, updated = nets[name].apply(variables, *args, train=True, mutable=["batch_stats"])
+    return out, {**batch_stats, name: updated["batch_stats"]}
+
+
 def _dummy_inputs(config: Config, name: str):
     s, c, nl = config.map_size, models.feature_channels(config.width), config.num_landmarks
     image = jnp.zeros((1, config.crop, config.crop, 3))

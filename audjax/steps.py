@@ -1,9 +1,9 @@
-"""Pure, jittable training and prediction steps (DESIGN §3).
+"""Pure, jittable training steps of both phases (DESIGN §3).
 
 The joint step reads top to bottom like Fig. 1 of the paper:
 
-1. `separation_forward`: E_f on both domains, round 1 of separation (E_l, G_b) and recombination
-   (G_st), round 2 on the recombined features, and every loss term without a discriminator.
+1. `separation_forward`: E_f on both domains, the two rounds of separation and recombination
+   (`audjax.separation.two_rounds`), and every loss term without a discriminator.
 2. `d_update`: the discriminators D_l, D_s, D_t take one step on stop-gradient inputs.
 3. `g_update`: task, generators and landmark head take one step on L_all, whose adversarial
    terms use the *updated* discriminators.
@@ -20,23 +20,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from audjax import losses, parallel
+from audjax import losses, parallel, separation
 from audjax.config import Config
-from audjax.state import GROUPS, TrainState, apply_group_update, group_params
+from audjax.state import GROUPS, TrainState, apply_group_update, apply_net, group_params
 
 sg = jax.lax.stop_gradient
-
-
-def apply_net(nets, name, params, batch_stats, *args, train: bool):
-    """Run network `name`; returns (output, batch_stats with its statistics updated if train)."""
-    variables = {"params": params[name]}
-    if name not in batch_stats:
-        return nets[name].apply(variables, *args, train=train), batch_stats
-    variables["batch_stats"] = batch_stats[name]
-    if not train:
-        return nets[name].apply(variables, *args, train=False), batch_stats
-    out, updated = nets[name].apply(variables, *args, train=True, mutable=["batch_stats"])
-    return out, {**batch_stats, name: updated["batch_stats"]}
 
 
 def weighted_total(config: Config, terms: dict) -> jax.Array:
@@ -96,44 +84,39 @@ def separation_forward(config: Config, nets, params, batch_stats, src, tgt, idx_
     pre_s, pre_t = run("E_f", src["image"]), run("E_f", tgt["image"])
     F_s, F_t = jnp.tanh(pre_s), jnp.tanh(pre_t)
 
-    # Round 1: separate into landmark attention (E_l) and background (G_b, on stopped input),
-    # then swap backgrounds (G_st, attention input stopped): F_sltb keeps the source's
-    # landmarks on the target's background, F_sbtl the reverse.
-    (A_s, logits_s), (A_t, logits_t) = run("E_l", F_s), run("E_l", F_t)
-    B_s, B_t = run("G_b", sg(F_s)), run("G_b", sg(F_t))
-    F_sltb, F_sbtl = run("G_st", sg(A_s), B_t), run("G_st", sg(A_t), B_s)
+    # Rounds 1 and 2 of Fig. 1; round 2's E_l runs with stopped parameters (ADLD's frozen copy).
+    frozen_E_l = {**params, "E_l": sg(params["E_l"])}
 
-    # Round 2 on the recombined features. E_l runs with stopped parameters (ADLD's frozen
-    # copy), so round 2 trains the generators that made its input but not E_l itself.
-    frozen = {**params, "E_l": sg(params["E_l"])}
-    A2_s, logits2_s = run("E_l", F_sltb, p=frozen)
-    A2_t, logits2_t = run("E_l", F_sbtl, p=frozen)
-    B2_t, B2_s = run("G_b", sg(F_sltb)), run("G_b", sg(F_sbtl))
-    F2_s, F2_t = run("G_st", sg(A2_s), B2_s), run("G_st", sg(A2_t), B2_t)
+    def apply(name, *args, frozen=False):
+        return run(name, *args, p=frozen_E_l if frozen else params)
+
+    r = separation.two_rounds(apply, F_s, F_t)
 
     terms = {}
     if config.uses("l"):
         ce = losses.landmark_softmax_loss
-        terms["l"] = 0.5 * (ce(logits_s, idx_s) + ce(logits_t, idx_t)
-                            + ce(logits2_s, idx_s) + ce(logits2_t, idx_t))
+        terms["l"] = 0.5 * (ce(r.logits_s, idx_s) + ce(r.logits_t, idx_t)
+                            + ce(r.logits2_s, idx_s) + ce(r.logits2_t, idx_t))
     if config.uses("au"):
-        terms["au"] = au_term(config, run, src["au"], au_weights, F_s, F_t, F_sbtl, F_sltb)
+        terms["au"] = au_term(config, run, src["au"], au_weights, F_s, F_t, r.F_sbtl, r.F_sltb)
     if config.uses("fl"):
         terms["fl"] = losses.landmark_regression_loss(run("landmark", pre_s), src["landmarks"])
     if config.uses("c"):
-        terms["c"] = alignment_term(config, nets, params, (F2_s, F_s), (F2_t, F_t),
-                                    (A2_s, A_s), (B2_s, B_s), (A2_t, A_t), (B2_t, B_t))
+        terms["c"] = alignment_term(config, nets, params, (r.F2_s, F_s), (r.F2_t, F_t),
+                                    (r.A2_s, r.A_s), (r.B2_s, r.B_s), (r.A2_t, r.A_t),
+                                    (r.B2_t, r.B_t))
     if config.uses("cyc"):
-        terms["cyc"] = 0.5 * (losses.l1_loss(F2_s, sg(F_s)) + losses.l1_loss(F2_t, sg(F_t)))
+        terms["cyc"] = 0.5 * (losses.l1_loss(r.F2_s, sg(F_s)) + losses.l1_loss(r.F2_t, sg(F_t)))
     if config.uses("self"):
-        self_s, self_t = run("G_st", sg(A_s), B_s), run("G_st", sg(A_t), B_t)
+        self_s = separation.recombine(apply, r.A_s, r.B_s)
+        self_t = separation.recombine(apply, r.A_t, r.B_t)
         terms["self"] = 0.5 * (losses.l1_loss(self_s, sg(F_s)) + losses.l1_loss(self_t, sg(F_t)))
 
     disc_inputs = {}
     if config.uses("adl"):
-        disc_inputs.update(B_s=B_s, B_t=B_t)
+        disc_inputs.update(B_s=r.B_s, B_t=r.B_t)
     if config.uses("adf"):
-        disc_inputs.update(F_s=F_s, F_t=F_t, F_sbtl=F_sbtl, F_sltb=F_sltb)
+        disc_inputs.update(F_s=F_s, F_t=F_t, F_sbtl=r.F_sbtl, F_sltb=r.F_sltb)
     return terms, disc_inputs, bs
 
 
@@ -353,32 +336,3 @@ def guard_nonfinite(step_fn):
                            health=health), metrics
 
     return guarded
-
-
-# ---------------------------------------------------------------------------------------------
-# Prediction (evaluation and inference).
-# ---------------------------------------------------------------------------------------------
-
-
-def predict_au(config: Config, nets, params, batch_stats, images, domain: str):
-    """AU probabilities (B, K). Source images: E_au(E_f(I)). Target images (ADLD):
-    E_au(G_st(E_l(F), G_b(F))) with F = E_f(I), i.e. the target's own landmarks recombined with
-    its background, as the AU detector saw F_sltb in training. The source-only model has no
-    G_st and reads both domains the source way."""
-
-    def run(name, *args):
-        return apply_net(nets, name, params, batch_stats, *args, train=False)[0]
-
-    feats = jnp.tanh(run("E_f", images))
-    if domain == "target" and config.model != "source_only":
-        attention, _ = run("E_l", feats)
-        feats = run("G_st", attention, run("G_b", feats))
-    return jax.nn.sigmoid(run("E_au", feats))
-
-
-def predict_landmarks(nets, params, batch_stats, images):
-    """(B, L, 2) crop-pixel landmarks from the landmark net (phase 1) or E_f + head (phase 2)."""
-    if "landmark_net" in params:
-        return apply_net(nets, "landmark_net", params, batch_stats, images, train=False)[0]
-    pre = apply_net(nets, "E_f", params, batch_stats, images, train=False)[0]
-    return apply_net(nets, "landmark", params, batch_stats, pre, train=False)[0]

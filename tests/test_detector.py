@@ -23,7 +23,8 @@ from audjax.data import annotate, pipeline
 from audjax.data.align import align_face
 from audjax.data.lists import read_lists, write_lists
 from audjax.evaluate import Evaluator
-from audjax.inference.detector import Detector, aligned_size, attention_landmarks, au_column
+from audjax.inference.detector import Detector, aligned_size, au_column
+from audjax.inference.paths import attention_landmarks
 from audjax.landmarks import select_49
 
 AU_COLUMNS = ("AU01", "AU02", "AU04", "AU06", "AU12", "AU17")

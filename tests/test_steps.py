@@ -145,7 +145,7 @@ def test_round_two_gives_e_l_no_gradient():
     def round_one(e_l):
         total = 0.0
         for d, idx in ((src, idx_s), (tgt, idx_t)):
-            pre, _ = steps.apply_net(nets, "E_f", state.params, state.batch_stats, d["image"],
+            pre, _ = state_lib.apply_net(nets, "E_f", state.params, state.batch_stats, d["image"],
                                      train=True)
             _, logits = nets["E_l"].apply({"params": e_l}, jnp.tanh(pre))
             total += losses.landmark_softmax_loss(logits, idx)

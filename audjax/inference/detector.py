@@ -30,11 +30,8 @@ face was found and scored), one probability column per AU of the run (`AU1` -> `
 and NaN values. Columns a model cannot fill are absent: phase-1 checkpoints (the landmark net)
 have no AU columns, source-only models no landmark columns.
 
-Landmarks come from the landmark head (phase 1, models B and C). A model without one (A) reads
-them off E_l's attention maps: each map's soft-argmax (its expected position), scaled by
-crop / s = 4. Training taught map cell j to answer for crop pixel p with round(p / 4) = j
-(`losses.landmark_targets`), so cell j stands for pixel 4j — not for its receptive field's centre
-4j + 1.5; ADLD's shift of some points towards AU centres is undone the same way it was applied.
+Landmarks come from the landmark head (phase 1, models B and C); a model without one (A) reads
+them off E_l's attention maps (`audjax.inference.paths.attention_landmarks`).
 """
 
 from __future__ import annotations
@@ -48,23 +45,20 @@ from dataclasses import dataclass
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from audjax import checkpoints, losses, steps
+from audjax import checkpoints
 from audjax import state as state_lib
 from audjax.config import Config
 from audjax.data import align, annotate, pipeline
 from audjax.inference import media
+from audjax.inference.paths import PATHS, predict_batch
 
 # The networks prediction may use; a checkpoint's own (state.network_names) restricts them.
 PREDICTION_NETWORKS = ("landmark_net", "E_f", "landmark", "E_l", "G_b", "G_st", "E_au")
 
 META_COLUMNS = ("input", "frame", "timestamp", "face_id", "face_x", "face_y", "face_width",
                 "face_height", "face_score", "success")
-
-PATHS = ("target", "source")
-
 
 def au_column(name: str) -> str:
     """An AU's column name as OpenFace and py-feat write it.
@@ -83,35 +77,6 @@ def aligned_size(config: Config) -> int:
     if config.aligned_size:
         return config.aligned_size
     return 200 if config.data_root else config.synth_image_size
-
-
-def attention_landmarks(attention, crop: int, shift_au_centres: bool):
-    """Crop-pixel landmarks (B, L, 2) from E_l's attention maps (B, s, s, L): each map's
-    expected position (soft-argmax), cell j standing for crop pixel j * crop / s (see the module
-    doc), with ADLD's AU-centre shift undone when training applied it."""
-    s = attention.shape[1]
-    grid = jnp.arange(s, dtype=attention.dtype)
-    x = jnp.einsum("bhwl,w->bl", attention, grid)
-    y = jnp.einsum("bhwl,h->bl", attention, grid)
-    points = jnp.stack([x, y], axis=-1) * (crop / s)
-    if shift_au_centres:
-        points = points.at[..., 1].add(-losses.au_centre_shift(points))
-    return points
-
-
-def predict_batch(config: Config, nets, networks, path: str, params, batch_stats, images):
-    """The prediction path on a batch of crops (B, S, S, 3) in [-1, 1]: a dict with "probs"
-    (B, K) when the model has E_au, "landmarks" (B, L, 2) crop pixels when it finds them."""
-    out = {}
-    if "E_au" in networks:
-        out["probs"] = steps.predict_au(config, nets, params, batch_stats, images, path)
-    if "landmark_net" in networks or "landmark" in networks:
-        out["landmarks"] = steps.predict_landmarks(nets, params, batch_stats, images)
-    elif "E_l" in networks:
-        feats = jnp.tanh(steps.apply_net(nets, "E_f", params, batch_stats, images, train=False)[0])
-        (attention, _), _ = steps.apply_net(nets, "E_l", params, batch_stats, feats, train=False)
-        out["landmarks"] = attention_landmarks(attention, config.crop, config.shift_au_centres)
-    return out
 
 
 @dataclass

@@ -27,11 +27,10 @@ import functools
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from audjax import steps
-from audjax.inference import media
+from audjax import separation
+from audjax.inference import media, paths
 from audjax.tools.plot import _pyplot, save_figure
 
 NEEDED = ("E_f", "E_l", "G_b", "G_st", "E_au")
@@ -41,28 +40,20 @@ def cross_cycle(config, nets, params, batch_stats, image_s, image_t) -> dict:
     """Every feature of Fig. 1 for source crops `image_s` and target crops `image_t` (B, S, S,
     3), in evaluation mode, and E_au's probabilities (module doc)."""
 
-    def run(name, *args):
-        return steps.apply_net(nets, name, params, batch_stats, *args, train=False)[0]
-
-    # Round 1: separate each face, then swap backgrounds.
-    F_s, F_t = jnp.tanh(run("E_f", image_s)), jnp.tanh(run("E_f", image_t))
-    (A_s, _), (A_t, _) = run("E_l", F_s), run("E_l", F_t)
-    B_s, B_t = run("G_b", F_s), run("G_b", F_t)
-    F_sltb, F_sbtl = run("G_st", A_s, B_t), run("G_st", A_t, B_s)
-    # Round 2: separate the recombinations and swap back: the cross-cycle reconstructions.
-    (A2_s, _), (A2_t, _) = run("E_l", F_sltb), run("E_l", F_sbtl)
-    B2_t, B2_s = run("G_b", F_sltb), run("G_b", F_sbtl)
-    F2_s, F2_t = run("G_st", A2_s, B2_s), run("G_st", A2_t, B2_t)
+    apply = paths.evaluation_apply(nets, params, batch_stats)
+    F_s, F_t = paths.features(apply, image_s), paths.features(apply, image_t)
+    r = separation.two_rounds(apply, F_s, F_t)
 
     def au(path, images):
-        return steps.predict_au(config, nets, params, batch_stats, images, path)
+        return paths.predict_au(config, nets, params, batch_stats, images, path)
 
     probs = {"s_source_path": au("source", image_s), "s_target_path": au("target", image_s),
              "t_source_path": au("source", image_t), "t_target_path": au("target", image_t),
-             "F_sltb": jax.nn.sigmoid(run("E_au", F_sltb)),
-             "F_sbtl": jax.nn.sigmoid(run("E_au", F_sbtl))}
-    return {"F_s": F_s, "F_t": F_t, "A_s": A_s, "A_t": A_t, "B_s": B_s, "B_t": B_t,
-            "F_sltb": F_sltb, "F_sbtl": F_sbtl, "F2_s": F2_s, "F2_t": F2_t, "probs": probs}
+             "F_sltb": jax.nn.sigmoid(apply("E_au", r.F_sltb)),
+             "F_sbtl": jax.nn.sigmoid(apply("E_au", r.F_sbtl))}
+    return {"F_s": F_s, "F_t": F_t, "A_s": r.A_s, "A_t": r.A_t, "B_s": r.B_s, "B_t": r.B_t,
+            "F_sltb": r.F_sltb, "F_sbtl": r.F_sbtl, "F2_s": r.F2_s, "F2_t": r.F2_t,
+            "probs": probs}
 
 
 def face_crop(detector, image_bgr, aligned: bool, name: str) -> np.ndarray:
