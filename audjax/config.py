@@ -173,6 +173,22 @@ class Config:
     def map_size(self) -> int:
         return self.crop // 4
 
+    @property
+    def training_phases(self) -> tuple[str, ...]:
+        """The phases this run trains, in order: `all` trains both, `eval` none."""
+        return {"all": ("pretrain", "joint"), "eval": ()}.get(self.phase, (self.phase,))
+
+    @staticmethod
+    def batch_flag(phase: str) -> str:
+        """The flag that sets a training phase's batch size: phase 1 has its own."""
+        return "pretrain_batch_size" if phase == "pretrain" else "batch_size"
+
+    def phase_batch_size(self, phase: str) -> int:
+        return getattr(self, self.batch_flag(phase))
+
+    def phase_epochs(self, phase: str) -> int:
+        return self.pretrain_epochs if phase == "pretrain" else self.epochs
+
     def preset(self, name: str):
         """The effective value of a preset field: the flag when given, else the model's preset."""
         value = getattr(self, name)

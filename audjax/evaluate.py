@@ -16,7 +16,7 @@ from audjax.data import images, pipeline
 from audjax.data.lists import check_command
 from audjax.errors import InputError
 from audjax.inference import paths
-from audjax.losses import MISSING_LABEL
+from audjax.labels import UNKNOWN
 
 
 def au_metrics(probs, labels, au_names) -> dict:
@@ -29,7 +29,7 @@ def au_metrics(probs, labels, au_names) -> dict:
     pred = probs >= 0.5
     out = {"f1": {}, "acc": {}, "positive_rate": {}, "count": {}}
     for k, name in enumerate(au_names):
-        known = labels[:, k] != MISSING_LABEL
+        known = labels[:, k] != UNKNOWN
         y, p = labels[known, k] == 1, pred[known, k]
         tp, fp, fn = np.sum(y & p), np.sum(~y & p), np.sum(y & ~p)
         denom = 2 * tp + fp + fn
@@ -100,7 +100,7 @@ class Evaluator:
         them stop the run: metrics over what is left would mislead."""
         pred = self.predict(params, batch_stats, lists, data_root, domain)
         result = {}
-        if "probs" in pred and np.any(pred["au"] != MISSING_LABEL):
+        if "probs" in pred and np.any(pred["au"] != UNKNOWN):
             result.update(au_metrics(pred["probs"], pred["au"], self.config.au_names))
         if "landmarks" in pred:
             result.update(landmark_metrics(pred["landmarks"], pred["target_landmarks"]))

@@ -8,12 +8,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from audjax.labels import UNKNOWN
 from audjax.landmarks import LEFT_EYE, RIGHT_EYE
-
-MISSING_LABEL = 999
 
 # ---------------------------------------------------------------------------------------------
 # Landmark regression (the landmark net's L_fl) and its metric.
@@ -147,24 +145,7 @@ def weighted_bce(logits, labels, weights):
     logits (B, K), labels (B, K) in {0, 1, 999}, weights (K,). The mean is over the labelled
     entries, so without unknown labels this equals torch's BCEWithLogitsLoss(weight=weights).
     """
-    mask = (labels != MISSING_LABEL).astype(logits.dtype)
+    mask = (labels != UNKNOWN).astype(logits.dtype)
     targets = jnp.where(labels == 1, 1.0, 0.0).astype(logits.dtype)
     per = optax.sigmoid_binary_cross_entropy(logits, targets) * weights * mask
     return jnp.sum(per) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def au_weights(labels) -> np.ndarray:
-    """Per-AU loss weights from training labels (N, K): w_k = (1/rate_k) / sum_j (1/rate_j) * K.
-
-    rate_k is AU k's positive rate among its labelled rows (999 ignored). Rare AUs weigh more;
-    the weights average to 1. Example: rates (0.5, 0.25) give weights (2/3, 4/3).
-    """
-    labels = np.asarray(labels)
-    known = labels != MISSING_LABEL
-    counts = known.sum(axis=0)
-    positives = ((labels == 1) & known).sum(axis=0)
-    if np.any(counts == 0) or np.any(positives == 0):
-        bad = [k for k in range(labels.shape[1]) if counts[k] == 0 or positives[k] == 0]
-        raise ValueError(f"AU columns {bad} have no positive labelled example; cannot weight them")
-    inv = counts / positives
-    return (inv / inv.sum() * labels.shape[1]).astype(np.float32)

@@ -100,11 +100,9 @@ def make_mesh(config: Config) -> Mesh:
 
 def check_batch_sizes(config: Config, mesh: Mesh) -> None:
     """Each training batch the phase uses must split evenly over the data axis."""
-    phase_flags = {"pretrain": ("pretrain_batch_size",), "joint": ("batch_size",),
-                   "all": ("pretrain_batch_size", "batch_size"), "eval": ()}
     n = mesh.size
-    for flag in phase_flags[config.phase]:
-        size = getattr(config, flag)
+    for phase in config.training_phases:
+        flag, size = config.batch_flag(phase), config.phase_batch_size(phase)
         if size % n:
             raise ValueError(f"--{flag}={size} does not split over the {n} devices of the data "
                              f"axis (--mesh_data={config.mesh_data}; 0 = every device): use a "

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from audjax import models
+from audjax import models, seeds
 from audjax.config import Config
 
 GROUPS = {
@@ -128,7 +128,7 @@ def init_variables(config: Config, nets, names, key):
     """
     params, batch_stats = {}, {}
     for name in names:
-        k = jax.random.fold_in(key, _stable_id(name))
+        k = jax.random.fold_in(key, seeds.name_id(name))
         v = nets[name].init(k, *_dummy_inputs(config, name))
         params[name] = v["params"]
         if config.init == "torch" and name != "P":
@@ -136,11 +136,6 @@ def init_variables(config: Config, nets, names, key):
         if "batch_stats" in v:
             batch_stats[name] = v["batch_stats"]
     return params, batch_stats
-
-
-def _stable_id(name: str) -> int:
-    """A small integer from a name, the same in every process (unlike Python's hash)."""
-    return sum((i + 1) * ord(ch) for i, ch in enumerate(name))
 
 
 def lr_factors(config: Config) -> list[float]:

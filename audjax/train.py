@@ -32,6 +32,7 @@ handle it while training are in `audjax.guards`):
   and metrics.jsonl / TensorBoard records past the restored step are dropped.
 """
 
+import dataclasses
 import json
 import math
 import time
@@ -42,7 +43,7 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from audjax import checkpoints, parallel, preflight, steps
+from audjax import checkpoints, parallel, preflight, seeds, steps
 from audjax import state as state_lib
 from audjax.config import Config, list_prefixes
 from audjax.data import images, pipeline
@@ -51,10 +52,8 @@ from audjax.errors import InputError, Interrupted
 from audjax.evaluate import Evaluator, format_markdown, format_table
 from audjax.files import atomic_write
 from audjax.guards import BadImages, Health, StopSignals
-from audjax.losses import au_weights
-
-EVAL_SPLITS = ("target_test", "source_test", "target_val", "source_val")
-
+from audjax.labels import au_weights
+from audjax.preflight import EVAL_SPLITS
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -98,7 +97,7 @@ def load_data(config: Config, splits) -> Data:
     the others are checked as training meets them. Without it, SynthAU is generated first
     (once): the first long work of a run, so every check that can come before it does."""
     if config.data_root:
-        root = Path(config.data_root).expanduser()  # a directory: preflight.check_run
+        root = Path(config.data_root).expanduser()  # a directory: preflight.plan_run
     else:
         if "source_train" in splits:
             _check_batches(config, config.synth_train, f"--synth_train={config.synth_train}")
@@ -132,15 +131,11 @@ def _check_batches(config: Config, n: int, what: str):
     """Each phase to train needs at least one batch of source training images per epoch."""
     if config.steps_per_epoch:
         return
-    for phase in _phases(config):
-        flag = "pretrain_batch_size" if phase == "pretrain" else "batch_size"
-        if n < getattr(config, flag):
+    for phase in config.training_phases:
+        flag, size = config.batch_flag(phase), config.phase_batch_size(phase)
+        if n < size:
             raise InputError(f"{what}: {n} source training images, fewer than one batch "
-                             f"(--{flag}={getattr(config, flag)})")
-
-
-def _phases(config: Config) -> tuple[str, ...]:
-    return {"all": ("pretrain", "joint"), "eval": ()}.get(config.phase, (config.phase,))
+                             f"(--{flag}={size})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,47 +230,39 @@ def _records_up_to(jsonl: Path, step: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _phase_settings(config: Config, phase: str, data: Data):
-    batch = config.pretrain_batch_size if phase == "pretrain" else config.batch_size
-    epochs = config.pretrain_epochs if phase == "pretrain" else config.epochs
+@dataclass
+class PhaseRun:
+    """Everything one phase trains with, set up by `start_phase`."""
+
+    plan: preflight.PhasePlan
+    nets: dict
+    names: tuple[str, ...]
+    txs: dict
+    state: state_lib.TrainState
+    streams: tuple[str, ...]  # "source", and "target" in the joint phase of models A-C
+    iterators: dict  # "<stream>_iter" -> the stream's grain iterator
+    bad_images: BadImages
+    ckpts: checkpoints.RunCheckpoints
+    batch: int
+    epochs: int
+    steps_per_epoch: int
+    total: int
+
+    def close(self):
+        self.ckpts.close()
+        for it in self.iterators.values():
+            if hasattr(it, "close"):
+                it.close()
+
+
+def start_phase(plan: preflight.PhasePlan, data: Data, mesh) -> PhaseRun:
+    """The networks, optimizers, data streams and checkpoints of a phase, and its state: the
+    latest checkpoint's when the plan resumes, else fresh weights (`_initial_weights`)."""
+    config, phase, workdir = plan.config, plan.phase, plan.workdir
+    batch, epochs = config.phase_batch_size(phase), config.phase_epochs(phase)
     spe = config.steps_per_epoch or len(data.lists["source_train"]) // batch  # >= 1: load_data
-    total = epochs * spe
-    if config.max_steps:
-        total = min(total, config.max_steps)
-    return batch, epochs, spe, total
-
-
-def _initial_weights(config: Config, phase: str, workdir: Path, params, batch_stats):
-    """--init_from: transplant a pretrain run (models B, C) or take every weight of a joint run
-    (fine-tuning, any model). Models A and source-only otherwise start from scratch."""
-    if phase != "joint" or not config.init_from:  # preflight: B and C cannot get here
-        return params, batch_stats
-    step_dir = checkpoints.resolve_checkpoint(config.init_from)
-    if checkpoints.read_checkpoint_config(step_dir).get("phase") != "pretrain":
-        params, batch_stats = checkpoints.load_weights(step_dir, params, batch_stats)
-        print(f"fine-tuning from every weight of {step_dir}", flush=True)
-    elif not config.uses_transplant:
-        print(f"note: the transplant is off (--model={config.model}): E_f starts from scratch "
-              f"and the pretrain run {step_dir} is not used", flush=True)
-    else:
-        params, batch_stats, copied = checkpoints.transplant(step_dir, params, batch_stats)
-        atomic_write(workdir / "transplant.log", "\n".join(copied) + "\n")
-        head = ", parts 3-5 + CBAM + dense -> landmark head" if "landmark" in params else ""
-        print(f"transplanted {len(copied)} arrays from {step_dir} (parts 1-2 -> E_f{head}; "
-              f"every path in {workdir / 'transplant.log'})", flush=True)
-    return params, batch_stats
-
-
-def train_phase(config: Config, workdir: Path, phase: str, data: Data, mesh) -> dict:
-    """Train one phase in `workdir` on the devices of `mesh` (audjax.parallel); returns the best
-    validation metrics. A stop signal ends it early with a checkpoint saved (Interrupted)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_json = config.replace(phase=phase).to_json()
-    if parallel.is_main():
-        atomic_write(workdir / "config.json", config_json)
-    batch, epochs, spe, total = _phase_settings(config, phase, data)
-    num_aus = len(config.au_names)
-    nets = state_lib.build_networks(config, num_aus)
+    total = min(epochs * spe, config.max_steps or epochs * spe)
+    nets = state_lib.build_networks(config, len(config.au_names))
     names = state_lib.network_names(config, phase)
     txs = state_lib.make_optimizers(config, names, spe, phase)
     state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(config.seed))
@@ -284,81 +271,122 @@ def train_phase(config: Config, workdir: Path, phase: str, data: Data, mesh) -> 
     state = parallel.replicate(mesh, state)
 
     shard = parallel.process_block(mesh, batch)  # this process's rows of each batch
-    streams = ["source"]
-    if phase == "joint" and config.model != "source_only":
-        streams.append("target")
+    streams = ("source", "target") if phase == "joint" and config.model != "source_only" else (
+        "source",)
     iterators = {f"{name}_iter": pipeline.train_iter(
         data.lists[f"{name}_train"], data.root, crop=config.crop, batch_size=batch,
-        seed=pipeline.stream_seed(config.seed, name), workers=config.workers, shard=shard)
+        seed=seeds.stream_seed(config.seed, name), workers=config.workers, shard=shard)
         for name in streams}
     bad_images = BadImages({name: data.lists[f"{name}_train"] for name in streams}, data.root,
                            config.crop, config.max_bad_images)
 
     ckpts = checkpoints.RunCheckpoints(workdir, config.keep, higher_is_better=phase != "pretrain")
-    restored = ckpts.restore_latest(state, iterators) if config.resume else None
+    restored = ckpts.restore_latest(state, iterators) if plan.resume is not None else None
     if restored is not None:
         state, saved_metrics = restored
         bad_images.restore(saved_metrics.get("bad_images", {}))
         print(f"[{phase}] resumed from {workdir / 'checkpoints'} at step {int(state.step)}",
               flush=True)
     else:
-        params, bs = _initial_weights(config, phase, workdir, state.params, state.batch_stats)
+        params, bs = _initial_weights(plan, state.params, state.batch_stats)
         state = parallel.replicate(mesh, state_lib.fresh_optimizer_state(params, bs, txs))
+    return PhaseRun(plan, nets, names, txs, state, streams, iterators, bad_images, ckpts, batch,
+                    epochs, spe, total)
 
-    step_fn = steps.make_train_step(config, phase, nets, txs, data.au_weights, mesh)
-    evaluator = Evaluator(config, nets, names, mesh)
-    start = int(state.step)
-    recorder = Recorder(workdir, phase, total, spe, batch * len(streams), start)
-    health = Health(config, ckpts, state)
+
+def _initial_weights(plan: preflight.PhasePlan, params, batch_stats):
+    """The weights a phase starts from when it does not resume (`PhasePlan.start`): fresh, the
+    phase-1 landmark net transplanted into E_f and the head (models B, C), or every weight of a
+    joint run (fine-tuning, any model)."""
+    if plan.start == "scratch":
+        return params, batch_stats
+    # --phase=all: the joint phase starts from what its pretrain phase has just written.
+    step_dir = plan.init_from or checkpoints.resolve_checkpoint(plan.config.init_from)
+    if plan.start == "finetune":
+        params, batch_stats = checkpoints.load_weights(step_dir, params, batch_stats)
+        print(f"fine-tuning from every weight of {step_dir}", flush=True)
+    elif plan.start == "unused":
+        print(f"note: the transplant is off (--model={plan.config.model}): E_f starts from "
+              f"scratch and the pretrain run {step_dir} is not used", flush=True)
+    else:
+        params, batch_stats, copied = checkpoints.transplant(step_dir, params, batch_stats)
+        log = plan.workdir / "transplant.log"
+        atomic_write(log, "\n".join(copied) + "\n")
+        head = ", parts 3-5 + CBAM + dense -> landmark head" if "landmark" in params else ""
+        print(f"transplanted {len(copied)} arrays from {step_dir} (parts 1-2 -> E_f{head}; "
+              f"every path in {log})", flush=True)
+    return params, batch_stats
+
+
+def train_phase(plan: preflight.PhasePlan, data: Data, mesh) -> dict:
+    """Train one phase of the plan on the devices of `mesh` (audjax.parallel); returns the best
+    validation metric. A stop signal ends it early with a checkpoint saved (Interrupted)."""
+    config, phase = plan.config, plan.phase
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    config_json = config.replace(phase=phase).to_json()
+    if parallel.is_main():
+        atomic_write(plan.workdir / "config.json", config_json)
+    run = start_phase(plan, data, mesh)
+    recorder = Recorder(plan.workdir, phase, run.total, run.steps_per_epoch,
+                        run.batch * len(run.streams), int(run.state.step))
     what = "landmark net" if phase == "pretrain" else f"model {config.model}"
-    recorder.print(f"[{phase}] {what}: {', '.join(names)}; {spe} steps/epoch, {epochs} epochs, "
-                   f"{total} steps, batch {batch} on {mesh.size} device(s), crop {config.crop}, "
-                   f"width {config.width}")
+    recorder.print(f"[{phase}] {what}: {', '.join(run.names)}; {run.steps_per_epoch} "
+                   f"steps/epoch, {run.epochs} epochs, {run.total} steps, batch {run.batch} on "
+                   f"{mesh.size} device(s), crop {config.crop}, width {config.width}")
     try:
-        with StopSignals() as stop:
-            for step in range(start + 1, total + 1):
-                batch_in = {}
-                for name in streams:
-                    batch_in[name] = next(iterators[f"{name}_iter"])
-                    bad_images.take(name, batch_in[name], step)
-                if phase == "pretrain":
-                    batch_in = batch_in["source"]
-                state, metrics = step_fn(state, parallel.global_batch(mesh, batch_in))
-                if step % config.log_every == 0 or step == total:
-                    values, h = jax.device_get((metrics, state.health))
-                    count = health.check(state, metrics, h)
-                    recorder.train_step(step, {**{k: float(v) for k, v in values.items()},
-                                               "bad_images": bad_images.total,
-                                               "nonfinite_steps": count})
-                end_of_epoch = step % spe == 0 or step == total
-                if end_of_epoch:
-                    val = validate(config, phase, evaluator, state, data)
-                    recorder.write(step, "val", val)
-                    recorder.print(f"[{phase}] validation at step {step}: "
-                                   + " ".join(f"{k} {v:.2f}" for k, v in val.items()))
-                    if ckpts.is_better(val["selection"]):
-                        health.check(state, metrics)
-                        ckpts.save_best(state, config_json, val)
-                # Read once: a signal from here on waits a step. Every process stops at the same
-                # step, when any of them got a signal (a collective; only with several).
-                stopping = parallel.agreed_signal(stop.received)
-                if (end_of_epoch or stopping
-                        or (config.checkpoint_every and step % config.checkpoint_every == 0)):
-                    health.check(state, metrics)
-                    ckpts.save_latest(state, iterators, config_json,
-                                      {"step": step, "bad_images": bad_images.state()})
-                if stopping:
-                    raise Interrupted(
-                        f"stopped by {stopping} after step {step} of {total}; checkpoint saved "
-                        f"in {ckpts.latest.directory / str(step)}; run the same command to "
-                        "continue")
+        _train_steps(run, data, mesh, recorder, config_json)
     finally:
-        ckpts.close()
+        run.close()
         recorder.close()
-        for it in iterators.values():
-            if hasattr(it, "close"):
-                it.close()
-    return {"best": ckpts.best_value()}
+    return {"best": run.ckpts.best_value()}
+
+
+def _train_steps(run: PhaseRun, data: Data, mesh, recorder: Recorder, config_json: str):
+    """The training loop of a phase, from the state's step to the last: a step, its records
+    every --log_every steps, validation and the best checkpoint each epoch, the latest
+    checkpoint each epoch (and every --checkpoint_every steps, and on a stop signal)."""
+    config, phase, ckpts = run.plan.config, run.plan.phase, run.ckpts
+    step_fn = steps.make_train_step(config, phase, run.nets, run.txs, data.au_weights, mesh)
+    evaluator = Evaluator(config, run.nets, run.names, mesh)
+    health = Health(config, ckpts, run.state)
+    state = run.state
+    with StopSignals() as stop:
+        for step in range(int(state.step) + 1, run.total + 1):
+            batch_in = {}
+            for name in run.streams:
+                batch_in[name] = next(run.iterators[f"{name}_iter"])
+                run.bad_images.take(name, batch_in[name], step)
+            if phase == "pretrain":
+                batch_in = batch_in["source"]
+            state, metrics = step_fn(state, parallel.global_batch(mesh, batch_in))
+            if step % config.log_every == 0 or step == run.total:
+                values, h = jax.device_get((metrics, state.health))
+                count = health.check(state, metrics, h)
+                recorder.train_step(step, {**{k: float(v) for k, v in values.items()},
+                                           "bad_images": run.bad_images.total,
+                                           "nonfinite_steps": count})
+            end_of_epoch = step % run.steps_per_epoch == 0 or step == run.total
+            if end_of_epoch:
+                val = validate(config, phase, evaluator, state, data)
+                recorder.write(step, "val", val)
+                recorder.print(f"[{phase}] validation at step {step}: "
+                               + " ".join(f"{k} {v:.2f}" for k, v in val.items()))
+                if ckpts.is_better(val["selection"]):
+                    health.check(state, metrics)
+                    ckpts.save_best(state, config_json, val)
+            # Read once: a signal from here on waits a step. Every process stops at the same
+            # step, when any of them got a signal (a collective; only with several).
+            stopping = parallel.agreed_signal(stop.received)
+            if (end_of_epoch or stopping
+                    or (config.checkpoint_every and step % config.checkpoint_every == 0)):
+                health.check(state, metrics)
+                ckpts.save_latest(state, run.iterators, config_json,
+                                  {"step": step, "bad_images": run.bad_images.state()})
+            if stopping:
+                raise Interrupted(
+                    f"stopped by {stopping} after step {step} of {run.total}; checkpoint saved "
+                    f"in {ckpts.latest.directory / str(step)}; run the same command to "
+                    "continue")
 
 
 def validate(config: Config, phase: str, evaluator: Evaluator, state, data: Data) -> dict:
@@ -442,21 +470,11 @@ def train_and_evaluate(config: Config, workdir) -> dict:
         parallel.check_batch_sizes(config, mesh)
     except ValueError as e:
         raise InputError(str(e)) from None
-    workdir = Path(workdir)
-    preflight.check_run(config, workdir, None if config.data_root else synthau_dir(config))
-    if config.phase == "eval":
-        data = load_data(config, EVAL_SPLITS)
-        return evaluate_checkpoint(config, config.checkpoint, data, workdir, mesh)
-    if config.phase == "all":
-        data = load_data(config, ("source_train", "target_train") + EVAL_SPLITS)
-        config = with_aligned_size(config, data)
-        train_phase(config, workdir / "pretrain", "pretrain", data, mesh)
-        joint = config.replace(init_from=str(workdir / "pretrain"))
-        train_phase(joint, workdir / "joint", "joint", data, mesh)
-        return evaluate_checkpoint(joint, workdir / "joint", data, workdir / "joint", mesh)
-    splits = ("source_train",) + EVAL_SPLITS if config.phase == "pretrain" else (
-        ("source_train", "target_train") + EVAL_SPLITS)
-    data = load_data(config, splits)
-    config = with_aligned_size(config, data)
-    train_phase(config, workdir, config.phase, data, mesh)
-    return evaluate_checkpoint(config, workdir, data, workdir, mesh)
+    plan = preflight.plan_run(config, workdir, None if config.data_root else synthau_dir(config))
+    data = load_data(config, plan.splits)
+    if plan.evaluate is not None:
+        return evaluate_checkpoint(config, plan.evaluate, data, plan.workdir, mesh)
+    for phase in plan.phases:
+        phase = dataclasses.replace(phase, config=with_aligned_size(phase.config, data))
+        train_phase(phase, data, mesh)
+    return evaluate_checkpoint(phase.config, phase.workdir, data, phase.workdir, mesh)

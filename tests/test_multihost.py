@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from audjax import parallel
+from audjax import parallel, preflight
 from audjax.config import Config
 from audjax.data import synth
 from audjax.train import load_data, train_phase
@@ -119,8 +119,8 @@ def test_two_processes_train_like_one(synth_root, tmp_path):
 
     # The reference: one process reads every batch whole (no final evaluation, to save time).
     config = Config(**settings(synth_root), mesh_data=1)
-    train_phase(config, tmp_path / "one", "joint", load_data(config, SPLITS),
-                parallel.make_mesh(config))
+    train_phase(preflight.PhasePlan(config, "joint", tmp_path / "one"),
+                load_data(config, SPLITS), parallel.make_mesh(config))
 
     # Records come from process 0 alone, one line a step. The losses of every step are those of
     # one process up to float32 rounding, so each step saw the same images, resumed or not.

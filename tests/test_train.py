@@ -60,14 +60,17 @@ def test_all_phases_then_resume(synth_root, tmp_path):
     assert (run / "joint" / "transplant.log").read_text().count(" -> ") > 10
 
     # Fine-tuning (--init_from a joint run) starts from every weight of its best checkpoint.
+    from audjax import preflight
     from audjax import state as state_lib
     from audjax.train import _initial_weights
 
     ft = tiny(synth_root, phase="joint", init_from=str(run / "joint"))
+    (plan,) = preflight.plan_run(ft, tmp_path / "finetune").phases
+    assert plan.start == "finetune" and plan.resume is None
     nets = state_lib.build_networks(ft, 6)
     params, bs = state_lib.init_variables(ft, nets, state_lib.network_names(ft, "joint"),
                                           jax_key())
-    params, bs = _initial_weights(ft, "joint", tmp_path, params, bs)
+    params, bs = _initial_weights(plan, params, bs)
     best_dir = checkpoints.resolve_checkpoint(run / "joint")
     best = ocp.StandardCheckpointer().restore((best_dir / "state").absolute())
     for a, b in zip(jax_leaves(params), jax_leaves(best["params"]), strict=True):

@@ -33,11 +33,8 @@ from absl import app, flags
 from audjax.data.images import read_sample
 from audjax.errors import InputError
 from audjax.files import atomic_write
+from audjax.labels import LABEL_VALUES, UNKNOWN
 from audjax.landmarks import AU_NAMES
-
-# The values an AU label may take; 999 marks an unknown label (e.g. the unlabelled target set).
-UNKNOWN = 999
-LABEL_VALUES = (0, 1, UNKNOWN)
 
 # printf format of landmark coordinates: 9 significant digits bring every float32 back bit for
 # bit (IEEE 754 binary32 needs at most 9), and '%g' drops trailing zeros ("99.5", not "99.500000").

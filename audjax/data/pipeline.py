@@ -21,8 +21,9 @@ horizontal flip with probability 1/2 that mirrors the image and renumbers the la
   every epoch's augmentation differs (`random_map` seeds each element's Generator from the
   pipeline seed and the element's index in the infinite stream);
 - the stream never ends. A shorter target set simply cycles while the source set runs through
-  its epoch: the two domains are independent streams with their own seeds (`stream_seed`), and
-  "an epoch" is a number of steps the trainer chooses (e.g. len(source) // batch_size);
+  its epoch: the two domains are independent streams with their own seeds
+  (`audjax.seeds.stream_seed`), and "an epoch" is a number of steps the trainer chooses (e.g.
+  len(source) // batch_size);
 - batching happens before `to_iter_dataset`, so a batch is a pure function of (seed, step):
   the batches do not depend on the number of worker processes, and `get_state()` /
   `set_state()` resume exactly (the state is a small JSON-able dict, what orbax's grain
@@ -50,7 +51,6 @@ it: the news travels in the batch). In evaluation, an unusable image becomes a m
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import signal
@@ -64,6 +64,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from audjax import seeds
 from audjax.data.images import read_sample
 from audjax.data.lists import Lists, read_lists
 from audjax.landmarks import FLIP_PERM, flip_landmarks
@@ -71,26 +72,6 @@ from audjax.landmarks import FLIP_PERM, flip_landmarks
 # Batches each prefetching thread or worker keeps ready. Two hide the jitter of one slow batch;
 # more only hold memory (a 16 x 176 x 176 x 3 float32 batch is 6 MB).
 _BUFFER = 2
-
-
-# ---------------------------------------------------------------------------------------------
-# Seeds
-# ---------------------------------------------------------------------------------------------
-
-
-def stream_seed(seed: int, name: str) -> int:
-    """A stable 32-bit seed for the stream `name` of a run seeded with `seed`.
-
-    The name enters through SHA-256, not `hash()`, which Python randomises per process, so a
-    resumed run (or a worker process) derives the same seeds; numpy's SeedSequence mixes it with
-    `seed`, so different names or run seeds give unrelated streams.
-
-    >>> stream_seed(0, "source") == stream_seed(0, "source") != stream_seed(0, "target")
-    True
-    """
-    name_key = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
-    sequence = np.random.SeedSequence(entropy=int(seed), spawn_key=(name_key,))
-    return int(sequence.generate_state(1, dtype=np.uint32)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +258,7 @@ def train_iter(lists: Lists, data_root: str | os.PathLike | None, *, crop: int, 
         (None: used as they are).
       crop: S, the side of the square crop; smaller images are skipped (see the module doc).
       batch_size: B; every batch is full.
-      seed: this stream's seed, e.g. `stream_seed(run_seed, "source")`.
+      seed: this stream's seed, e.g. `audjax.seeds.stream_seed(run_seed, "source")`.
       workers: worker processes (grain `mp_prefetch`); 0 runs everything in this process.
         The batches are the same for any number of workers.
       threads: prefetching threads in this process when `workers == 0` (OpenCV decodes without
@@ -367,7 +348,7 @@ def measure(lists: Lists, data_root: str | None, *, crop: int, batch_size: int, 
     """Time one training stream: {"images_per_s", "startup_s"}. The first `warmup` batches pay
     for starting workers and filling buffers; they are timed apart (`startup_s`)."""
     it = train_iter(lists, data_root, crop=crop, batch_size=batch_size,
-                    seed=stream_seed(0, "bench"), workers=workers, threads=threads)
+                    seed=seeds.stream_seed(0, "bench"), workers=workers, threads=threads)
     try:
         start = time.perf_counter()
         for _ in range(warmup):

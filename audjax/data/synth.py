@@ -1104,7 +1104,7 @@ def generate(out_dir, *, sizes: dict[str, int] | None = None, image_size: int = 
     """
     # Imported here, not at the top: it imports JAX, which the worker processes (which import
     # this module to render images) do not need.
-    from audjax.losses import au_weights
+    from audjax.labels import au_weights
 
     params = _params(sizes, image_size, seed, target_shift)
     out_dir = Path(out_dir)
