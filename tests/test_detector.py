@@ -17,7 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from audjax import checkpoints, losses, predict
+from audjax import checkpoints, losses
+from audjax.cli import predict
 from audjax.config import Config
 from audjax.data import annotate, pipeline
 from audjax.data.align import align_face

@@ -15,9 +15,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from audjax import checkpoints, inspect, plot, visualize
+from audjax import checkpoints
+from audjax.inference import figure as visualize
 from audjax.inference.detector import Detector
 from audjax.state import GROUPS
+from audjax.tools import inspect, plot
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,9 @@ import pytest
 
 from audjax.data.images import read_sample
 from audjax.data.lists import Lists
-from audjax.data.pipeline import eval_batches, main, stream_seed, train_iter
+from audjax.data.pipeline import eval_batches, main, train_iter
 from audjax.landmarks import FLIP_PERM, LEFT_EYE, RIGHT_EYE
+from audjax.seeds import stream_seed
 
 SIZE, CROP, K, L = 72, 64, 6, 49
 
