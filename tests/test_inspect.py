@@ -1,4 +1,4 @@
-"""python -m audjax.tools.inspect, BUILD.md's Orbax snippet, python -m audjax.tools.plot and
+"""python -m audjax.tools.inspect, docs/checkpoints.md's Orbax snippet, python -m audjax.tools.plot and
 python -m audjax.inference.figure, on the tiny runs of conftest's `tiny_runs`."""
 
 import functools
@@ -75,7 +75,7 @@ def test_inspect_not_a_checkpoint(tmp_path, capsys):
 
 def test_build_md_snippet_runs_as_written_with_a_relative_path(tiny_runs, tmp_path,
                                                                monkeypatch):
-    text = (ROOT / "BUILD.md").read_text()
+    text = (ROOT / "docs" / "checkpoints.md").read_text()
     section = text[text.index("## Opening a checkpoint with Orbax alone"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert '"runs/joint/best/1500"' in code
@@ -85,7 +85,7 @@ def test_build_md_snippet_runs_as_written_with_a_relative_path(tiny_runs, tmp_pa
     with pytest.raises(ValueError, match="absolute"):  # why the snippet says .absolute()
         ocp.StandardCheckpointer().restore("runs/joint/best/1500/state")
     namespace = {}
-    exec(compile(code, "BUILD.md", "exec"), namespace)  # noqa: S102 - the documented code
+    exec(compile(code, "docs/checkpoints.md", "exec"), namespace)  # noqa: S102 - the documented code
     want = restored_state(tiny_runs["joint"])
     np.testing.assert_array_equal(namespace["state"]["params"]["E_f"]["conv0"]["kernel"],
                                   want["params"]["E_f"]["conv0"]["kernel"])
