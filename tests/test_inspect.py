@@ -1,5 +1,5 @@
-"""python -m audjax.tools.inspect, docs/checkpoints.md's Orbax snippet, python -m audjax.tools.plot and
-python -m audjax.inference.figure, on the tiny runs of conftest's `tiny_runs`."""
+"""The inspect and plot tools, docs/checkpoints.md's Orbax snippet and the Fig. 1 figure,
+on the tiny runs of conftest's `tiny_runs`."""
 
 import functools
 import json
