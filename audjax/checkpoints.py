@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run, resume, and the phase-1 -> phase-2 transplant (DESIGN §5).
+"""Orbax checkpoints of a run, resume, and the phase-1 -> phase-2 transplant (docs/design.md §5).
 
 A run directory holds two Orbax `CheckpointManager`s:
 
@@ -9,7 +9,7 @@ A run directory holds two Orbax `CheckpointManager`s:
 
 Each checkpoint is a plain Orbax composite: `state` is a nested dict of arrays
 (`step`, `params/<net>`, `batch_stats/<net>`, `opt_state/<group>`), `config` and `metrics` are
-JSON. Orbax alone opens one (BUILD.md shows how).
+JSON. Orbax alone opens one (docs/checkpoints.md shows how).
 
 Saves are atomic: Orbax writes <step>.orbax-checkpoint-tmp..., renames it to <step> when it is
 complete and leaves its marker, commit_success.txt, inside. A run killed during a save leaves
@@ -346,8 +346,8 @@ def transplant_template(params: dict, batch_stats: dict) -> dict:
 
 
 def transplant(pretrain_dir, params: dict, batch_stats: dict):
-    """Phase 2's start (DESIGN §5): copy the phase-1 landmark net's parts 1-2 into E_f and its
-    head (parts 3-5, CBAM, dense layers) into the landmark head when the run has one, params and
+    """Phase 2's start (docs/design.md §5): copy the phase-1 landmark net's parts 1-2 into E_f and
+    its head (parts 3-5, CBAM, dense layers) into the landmark head when the run has one, params and
     batch statistics.
     Phase-1 optimizer state is not carried. Returns (params, batch_stats, copied paths)."""
     step_dir = resolve_checkpoint(pretrain_dir)

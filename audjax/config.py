@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass, field
 
 PHASES = ("pretrain", "joint", "all", "eval")
-MODELS = ("C", "B", "A", "source_only")
+MODELS = ("source_only", "A", "B", "C")  # the rows of the paper's Table 3, in its order
 INITS = ("torch", "flax")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
-# The models of the paper's Table 3 as presets of the loss weights and the transplant (DESIGN §3,
-# §5). The shared weights are the paper's; ADLD's reconstruction losses replace L_c in A and B.
+# The models of the paper's Table 3 as presets of the loss weights and the transplant
+# (docs/design.md §3, §5). The shared weights are the paper's; ADLD's reconstruction losses replace
+# L_c in A and B.
 _SHARED = {"lambda_l": 0.6, "lambda_adl": 400.0, "lambda_adf": 1.2, "lambda_au": 1.0}
 MODEL_PRESETS = {
     "C": {**_SHARED, "lambda_c": 100.0, "lambda_fl": 0.1, "lambda_cyc": 0.0, "lambda_self": 0.0,
@@ -42,13 +43,13 @@ def _f(default, help_text):
 @dataclass(frozen=True)
 class Config:
     # -- what to run -----------------------------------------------------------------------------
-    phase: str = _f("joint", "pretrain (landmark net, L_fl), joint (DESIGN §3), all (pretrain "
-                             "then joint in WORKDIR/pretrain and WORKDIR/joint) or eval")
-    model: str = _f("C", "a preset of the loss weights and the transplant (DESIGN §5, Table 3): "
-                         "C = the paper (multitask + alignment L_c), B = ADLD losses + multitask "
-                         "(transplant, shared E_f, L_fl), A = ADLD baseline (E_f from scratch), "
-                         "source_only = E_f + E_au on source labels alone. --lambda_* and "
-                         "--transplant flags given after --model override the preset")
+    phase: str = _f("joint", "pretrain (landmark net, L_fl), joint (docs/design.md §3), all "
+                             "(pretrain then joint in WORKDIR/pretrain and WORKDIR/joint) or eval")
+    model: str = _f("C", "a preset of the loss weights and the transplant (docs/design.md §5, "
+                         "Table 3): C = the paper (multitask + alignment L_c), B = ADLD losses + "
+                         "multitask (transplant, shared E_f, L_fl), A = ADLD baseline (E_f from "
+                         "scratch), source_only = E_f + E_au on source labels alone. --lambda_* "
+                         "and --transplant flags given after --model override the preset")
     # -- data --------------------------------------------------------------------------------------
     data_root: str = _f("", "root of the images and lists; empty = SynthAU, generated once "
                             "into --synth_cache")
@@ -124,7 +125,7 @@ class Config:
     au_bn_all: bool = _f(True, "E_au runs in training mode on all four features of ADLD (F_s, F_t, "
                                "F_sbtl, F_sltb, in that order) so that all four move its running "
                                "statistics; --noau_bn_all runs it on the two scored ones only")
-    # -- devices and hosts (audjax.parallel; BUILD.md "Several devices and hosts") -----------------
+    # -- devices and hosts (audjax.parallel; docs/devices.md) -----------------
     mesh_data: int = _f(0, "devices each batch is split over (the mesh's data axis; parameters "
                            "and optimizer states are replicated); 0 = every device of every "
                            "process. Training batch sizes must be multiples of it")

@@ -1,4 +1,4 @@
-"""Evaluation: per-AU F1 and accuracy, landmark NME, result tables (DESIGN §3, "Evaluation").
+"""Evaluation: per-AU F1 and accuracy, landmark NME, result tables (docs/design.md §3).
 
 Protocol (ADLD): sigmoid, threshold 0.5, F1 of the positive class and accuracy per AU, with
 labels 999 dropped per AU; means over AUs. Numbers are percentages, as in the paper's tables.

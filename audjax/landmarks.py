@@ -1,7 +1,7 @@
 """The 49-point landmark layout shared by the networks, the losses and the data code.
 
 audjax uses the 68-point iBUG/dlib layout without the jaw (points 0-16) and without the two
-inner-lip corners (60, 64), in order (DESIGN §2). 0-based indices in the 49-point layout:
+inner-lip corners (60, 64), in order (docs/design.md §2). 0-based indices in the 49-point layout:
 
     brows 0-9, nose bridge 10-13, nose base 14-18, eye on the image's left 19-24,
     other eye 25-30, outer lip 31-42, inner lip 43-48.

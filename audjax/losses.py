@@ -1,4 +1,4 @@
-"""Losses and landmark metrics of the paper and of ADLD (DESIGN §2-4), as pure functions.
+"""Losses and landmark metrics of the paper and of ADLD (docs/design.md §2-4), as pure functions.
 
 Shapes: landmarks are (B, L, 2) with (x, y) in crop pixels; landmark maps are (B, s, s, L), NHWC,
 with s = crop / 4; a landmark's class index on such a map is `y * s + x`.
@@ -129,7 +129,7 @@ def alignment_loss(pairs: Sequence[tuple[jnp.ndarray, jnp.ndarray]]):
     """L_c (paper eq. 2): sum over pairs of L1(projected reconstruction, stop_gradient(target)).
 
     The projectors P_i are applied by the caller; the target side never receives a gradient
-    (DESIGN §4: a learnable map on both sides could collapse the loss to zero).
+    (docs/design.md §4: a learnable map on both sides could collapse the loss to zero).
     """
     return sum(l1_loss(recon, jax.lax.stop_gradient(target)) for recon, target in pairs)
 

@@ -1,15 +1,15 @@
 """Several devices and several hosts: the data mesh, its shardings, global batches, processes.
 
-One device or many, the program is the same (STYLE.md "Several devices"): a 1-D mesh whose axis
-`data` spans the devices; parameters, batch statistics and optimizer states are replicated on it,
-and each batch is split over it along its first axis. `jax.jit` with these shardings partitions
-the step (GSPMD): a mean over the batch, such as batch norm's, is a mean over the *global* batch,
-so N devices compute what one device computes on the whole batch (to float rounding), with no
-pmap and no axis names in the networks.
+One device or many, the program is the same (docs/devices.md "The devices of one machine"): a
+1-D mesh whose axis `data` spans the devices; parameters, batch statistics and optimizer states are
+replicated on it, and each batch is split over it along its first axis. `jax.jit` with these
+shardings partitions the step (GSPMD): a mean over the batch, such as batch norm's, is a mean over
+the *global* batch, so N devices compute what one device computes on the whole batch (to float
+rounding), with no pmap and no axis names in the networks.
 
-Several hosts (STYLE.md "Several hosts"): `initialize` starts `jax.distributed` before anything
-touches a device; then every process sees every device and runs the same program. Each process
-reads only its own block of rows of each global batch (`process_block` says which; the grain
+Several hosts (docs/devices.md "Several hosts"): `initialize` starts `jax.distributed` before
+anything touches a device; then every process sees every device and runs the same program. Each
+process reads only its own block of rows of each global batch (`process_block` says which; the grain
 pipelines take it as `shard=`) and `global_batch` joins the blocks into global arrays with
 `jax.make_array_from_process_local_data`. The batches of the pipelines are cut from one shared
 stream, so the global batch of a run does not depend on how many processes read it.

@@ -4,7 +4,7 @@ The state holds only arrays (so a checkpoint is a plain pytree): per network its
 batch-norm statistics, per parameter group its optax state, and the step. The optax transforms
 and the Flax modules live outside, built from the config.
 
-Parameter groups (DESIGN §3), each with its own Adam and its own schedule:
+Parameter groups (docs/design.md §3), each with its own Adam and its own schedule:
 
     task            E_f, E_l, E_au
     generators      G_b, G_st, P (the projectors of L_c)
@@ -115,8 +115,8 @@ def _dummy_inputs(config: Config, name: str):
         "landmark_net": (image,),
         "E_f": (image,),
         "G_st": (attention, feats),
-        "P": ({"F_s": feats, "F_t": feats, "A_s": attention, "B_s": feats, "A_t": attention,
-               "B_t": feats},),
+        # Attention maps (A_*) have one channel per landmark, features (F_*, B_*) c channels.
+        "P": ({n: attention if n.startswith("A") else feats for n in models.Projectors.names},),
     }.get(name, (feats,))
 
 
@@ -124,7 +124,7 @@ def init_variables(config: Config, nets, names, key):
     """Fresh params and batch_stats for `names`; each network's key is folded from its name.
 
     With `config.init == "torch"` every conv and dense layer starts as PyTorch's defaults (as
-    ADLD's networks do); the projectors keep their identity start either way (DESIGN §4).
+    ADLD's networks do); the projectors keep their identity start either way (docs/design.md §4).
     """
     params, batch_stats = {}, {}
     for name in names:

@@ -1,4 +1,4 @@
-"""Pure, jittable training steps of both phases (DESIGN §3).
+"""Pure, jittable training steps of both phases (docs/design.md §3).
 
 The joint step reads top to bottom like Fig. 1 of the paper:
 
@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from audjax import losses, parallel, separation
+from audjax import losses, models, parallel, separation
 from audjax.config import Config
 from audjax.state import GROUPS, TrainState, apply_group_update, apply_net, group_params
 
@@ -65,7 +65,7 @@ def pretrain_step(state: TrainState, batch, *, nets, txs):
 
 def separation_forward(config: Config, nets, params, batch_stats, src, tgt, idx_s, idx_t,
                        au_weights):
-    """Rounds 1 and 2 of DESIGN §3. Returns (terms, disc_inputs, batch_stats).
+    """Rounds 1 and 2 of docs/design.md §3. Returns (terms, disc_inputs, batch_stats).
 
     `terms` are the unweighted losses that need no discriminator, each computed only when its
     weight is non-zero (so the compiled step does none of a switched-off term's work);
@@ -141,9 +141,9 @@ def alignment_term(config: Config, nets, params, *pairs):
     """L_c over the six (reconstruction, original) pairs, in the order of `Projectors.names`.
 
     Attention maps sum to 1 over s*s positions; scaling them by s*s makes them O(1) like the
-    features (DESIGN §4). Projectors, when on, map each reconstruction before the L1.
+    features (docs/design.md §4). Projectors, when on, map each reconstruction before the L1.
     """
-    names = ("F_s", "F_t", "A_s", "B_s", "A_t", "B_t")
+    names = models.Projectors.names
     s2 = config.map_size**2 if config.scale_attention else 1.0
     recon, target = {}, {}
     for name, (r, t) in zip(names, pairs, strict=True):
@@ -155,8 +155,8 @@ def alignment_term(config: Config, nets, params, *pairs):
 
 
 def discriminator_loss(nets, disc_params, disc_inputs, idx_s, idx_t):
-    """L_D of DESIGN §3, on stopped inputs: D_l finds landmarks in backgrounds; D_s, D_t tell
-    real features (1) from recombined ones (0). Only the discriminators present (those whose
+    """L_D of docs/design.md §3, on stopped inputs: D_l finds landmarks in backgrounds; D_s, D_t
+    tell real features (1) from recombined ones (0). Only the discriminators present (those whose
     adversarial weight is non-zero) take part. Returns (L_D, its parts)."""
     x = sg(disc_inputs)
 
@@ -211,7 +211,7 @@ def g_update(state: TrainState, txs, grads):
 
 
 def joint_step(state: TrainState, batch, *, config: Config, nets, txs, au_weights):
-    """Phase 2 (DESIGN §3): the discriminator update, then the generators + task + landmark
+    """Phase 2 (docs/design.md §3): the discriminator update, then the generators + task + landmark
     update against the updated discriminators. batch = {"source": {...}, "target": {...}}."""
     state, grads, metrics = joint_gradients(state, batch, config=config, nets=nets, txs=txs,
                                             au_weights=au_weights)

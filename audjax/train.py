@@ -1,7 +1,7 @@
 """Training and evaluation of both phases: `train_and_evaluate(config, workdir)`.
 
 Phase 1 (`pretrain`) trains the landmark net on source images with L_fl. Phase 2 (`joint`)
-trains the framework of DESIGN §3, starting from the phase-1 checkpoint (models B and C), a
+trains the framework of docs/design.md §3, starting from the phase-1 checkpoint (models B and C), a
 phase-2 checkpoint (fine-tuning) or from scratch (model A, source-only). `all` runs both, in
 WORKDIR/pretrain and WORKDIR/joint. Every run directory gets:
 
@@ -14,7 +14,7 @@ WORKDIR/pretrain and WORKDIR/joint. Every run directory gets:
 Init order (big_vision): the workdir's own latest checkpoint (resume), then --init_from, then
 scratch — so a restarted phase-2 run resumes instead of transplanting again.
 
-What can go wrong, and what happens (the table in BUILD.md lists every case; the classes that
+What can go wrong, and what happens (docs/reliability.md "Every case" lists each; the classes that
 handle it while training are in `audjax.guards`):
 
 - Bad flags, paths, lists and checkpoints are found before any long work (`audjax.preflight`,

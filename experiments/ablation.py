@@ -27,12 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from audjax.config import MODELS
 from audjax.files import atomic_write
 from audjax.tools import malloc as hostmem
 from experiments import table
 from experiments.run import FLAGS, preset_overrides, resolve_flagfiles
-
-MODELS = ("source_only", "A", "B", "C")
 
 
 def run(args: list[str], log: Path) -> None:

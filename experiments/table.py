@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-ORDER = ("source_only", "A", "B", "C")
+from audjax.config import MODELS
 
 
 def label_order(label: str):
     """source_only, A, B, C first (the paper's order), then the rest alphabetically."""
-    return (ORDER.index(label) if label in ORDER else len(ORDER), label)
+    return (MODELS.index(label) if label in MODELS else len(MODELS), label)
 
 
 def discover(root: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""The ADLD importer on state dicts built from DESIGN §7's key layout (no torch needed)."""
+"""The ADLD importer on state dicts built from docs/design.md §7's key layout (no torch needed)."""
 
 import numpy as np
 import pytest
@@ -26,7 +26,7 @@ def prelu(sd, key):
 
 
 def adld_state_dicts():
-    """One state dict per ADLD network, with PyTorch's shapes (DESIGN §7 table)."""
+    """One state dict per ADLD network, with PyTorch's shapes (docs/design.md §7 table)."""
     sds = {name: {} for name in ADLD_NAMES}
     p = "align_attention_features."
     sd = sds["base_net"]

@@ -15,8 +15,8 @@ state, and both take one step on the same batch. Then
 
 Shapes: crop 128 and batch 2 at full width. Crop 128 (s = 32) is the smallest crop at which
 ADLD's domain discriminators run unchanged (their last 4x4 conv needs a 4x4 map, which s = 32
-gives; audjax pads it below that, DESIGN §1), so the check is exact and 1.9x cheaper than at the
-paper's 176. Two AUs instead of six keep E_au (the largest cost) small; branch k still has to
+gives; audjax pads it below that, docs/design.md §1), so the check is exact and 1.9x cheaper than at
+the paper's 176. Two AUs instead of six keep E_au (the largest cost) small; branch k still has to
 land in channel group k of every E_au layer.
 
 Why float64. In float32 the two implementations differ by up to 1e-2 in some gradients (and by

@@ -1,6 +1,6 @@
 """Cross-check of the ADLD importer, the networks and the landmark losses against PyTorch.
 
-The original ADLD networks (ZhiwenShao/ADLD, network.py; DESIGN §7 layout), as
+The original ADLD networks (ZhiwenShao/ADLD, network.py; docs/design.md §7 layout), as
 `audjax.adld.torch_reference` builds them, get random weights, random batch-norm statistics and
 random
 PReLU slopes, in eval mode.
@@ -136,7 +136,7 @@ def test_networks_match_pytorch(nets, crop):
 
 @pytest.mark.parametrize("name", ["feat_gen_disc_src", "feat_gen_disc_tgt"])
 def test_domain_discriminators_match_pytorch(nets, name):
-    # Only at s = 44: below it audjax pads the fourth conv (DESIGN §1), ADLD's would fail.
+    # Only at s = 44: below it audjax pads the fourth conv (docs/design.md §1), ADLD's would fail.
     _, features, _, _ = _inputs(176, seed=7)
     ours, theirs = _run(nets, name, features)
     assert ours.shape == theirs.shape == (B, 1)

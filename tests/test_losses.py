@@ -1,4 +1,4 @@
-"""Every loss against a NumPy reference written from DESIGN §2-4 (or a hand-worked case)."""
+"""Every loss against a NumPy reference written from docs/design.md §2-4 (or a hand-worked case)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Shapes, parameter counts and structure of the networks (DESIGN §1)."""
+"""Shapes, parameter counts and structure of the networks (docs/design.md §1)."""
 
 
 import flax.linen as nn
@@ -29,7 +29,8 @@ def bn(c):
 
 PRELU = 1
 
-# Counts at the paper's size, worked out by hand from DESIGN §1 (also tabled in BUILD.md).
+# Counts at the paper's size, worked out by hand from docs/design.md §1 (also tabled in
+# docs/checkpoints.md).
 EXPECTED = {
     # 2 parts x 2 [C3 BN PReLU]
     "E_f": c3(3, 32) + c3(32, 32) + c3(32, 64) + c3(64, 64) + bn(32) * 2 + bn(64) * 2 + 4 * PRELU,

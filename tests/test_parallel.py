@@ -1,5 +1,5 @@
 """Data parallelism on the 4 virtual CPU devices of conftest.py: the steps and the evaluation on
-several devices compute what one device computes (DESIGN §3's batch statistics included)."""
+several devices compute what one device computes (docs/design.md §3's batch statistics included)."""
 
 import cv2
 import jax

@@ -1,6 +1,7 @@
 """Runs that survive bad files, kills and numerical trouble, and say what went wrong.
 
-- Every case of the bad-input table in BUILD.md stops before any long work with one line naming
+- Every case of the table in docs/reliability.md "Every case" stops before any long work with one
+line naming
   the flag, the file and line, or the path (InputError, exit status 2), and writes nothing.
 - Unusable images met while training are warned about once, counted and limited.
 - A non-finite step is rejected; past --skip_nonfinite the run stops and saves nothing more.
@@ -93,7 +94,7 @@ def runs(synth_root, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------
-# The bad-input table of BUILD.md: each row is a case here.
+# The table of docs/reliability.md "Every case": each row is a case here.
 # ---------------------------------------------------------------------------------------------
 
 

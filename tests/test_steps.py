@@ -1,4 +1,5 @@
-"""The joint step's update structure and stop-gradients (DESIGN §3), on random tiny batches."""
+"""The joint step's update structure and stop-gradients (docs/design.md §3), on random tiny
+batches."""
 
 import functools
 

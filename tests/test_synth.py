@@ -8,8 +8,8 @@ import pytest
 
 from audjax.data import synth
 from audjax.data.lists import read_lists
+from audjax.labels import au_weights
 from audjax.landmarks import AU_NAMES, LEFT_EYE, RIGHT_EYE
-from audjax.losses import au_weights
 
 SIZE = 72  # aligned side for a 64 crop, as in quick CPU runs
 SIZES = {split: 24 for split in synth.SPLITS}

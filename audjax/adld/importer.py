@@ -1,4 +1,4 @@
-"""Import ADLD PyTorch checkpoints (DESIGN §7) into audjax variables, without torch.
+"""Import ADLD PyTorch checkpoints (docs/design.md §7) into audjax variables, without torch.
 
 ADLD saves one state dict per network. The user loads them with torch and converts each tensor
 to numpy (`{k: v.numpy() for k, v in torch.load(path).items()}`); `import_state_dicts` maps

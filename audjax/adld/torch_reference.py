@@ -5,7 +5,7 @@ and timed against it (`python -m audjax.tools.bench --compare=torch`). It needs 
 `bench` extra (`pip install -e ".[bench]"`); the library never imports it.
 
 Everything follows ADLD's public code (ZhiwenShao/ADLD: network.py, util.py, pre_process.py and
-train.py in its default "weak" mode), written here from DESIGN §3 and §7:
+train.py in its default "weak" mode), written here from docs/design.md §3 and §7:
 
 - the networks keep ADLD's `nn.Sequential` indices, so their state dicts have ADLD's keys and go
   through `audjax.adld.import_state_dicts` unchanged;
@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 # ---------------------------------------------------------------------------------------------
-# Networks (DESIGN §1, §7), with ADLD's Sequential indices and hence its state-dict keys.
+# Networks (docs/design.md §1, §7), with ADLD's Sequential indices and hence its state-dict keys.
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Face alignment: one similarity transform puts every face in the same frame (DESIGN §6).
+"""Face alignment: one similarity transform puts every face in the same frame (docs/design.md §6).
 
 The transform, as in the preprocessing of JAA-Net and ADLD (`align_face_49pts`):
 

@@ -2,7 +2,7 @@
 
 A data set split is named by a *prefix* P (a path without suffix, e.g. `ROOT/list/source_train`)
 and stored as parallel text files, one sample a line, in the same order in every file
-(DESIGN §6):
+(docs/design.md §6):
 
     P_path.txt     the image's path, relative to a data root
     P_land.txt     2L numbers x1 y1 x2 y2 ...: the landmarks in the aligned image's pixels

@@ -12,8 +12,8 @@ Batches are dicts of numpy arrays (the shapes a jitted step sees, always the sam
 
 The trainer pops `bad` and `bad_index` before the batch reaches the jitted step.
 
-Training (DESIGN §6, ADLD's `data_list.py` / `pre_process.py`): a random S×S crop whose offsets
-are uniform over every valid position (ADLD's inclusive `random.randint(0, W - S)`), then a
+Training (docs/design.md §6, ADLD's `data_list.py` / `pre_process.py`): a random S×S crop whose
+offsets are uniform over every valid position (ADLD's inclusive `random.randint(0, W - S)`), then a
 horizontal flip with probability 1/2 that mirrors the image and renumbers the landmarks with
 `FLIP_PERM`. The stream is `shuffle().repeat()` of a grain `MapDataset`, so
 

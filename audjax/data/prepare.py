@@ -5,7 +5,7 @@
 
 Every image (searched recursively under --images: .jpg, .jpeg, .png, .bmp) gets 68 or 49
 landmarks (from --landmarks, else from dlib with --annotate), is aligned by `audjax.data.align`
-(DESIGN §6) and written to DATA/images/NAME/<its path under --images>. The list files
+(docs/design.md §6) and written to DATA/images/NAME/<its path under --images>. The list files
 DATA/list/NAME_{path,land,AUoccur}.txt collect, in sorted path order, the image paths (relative
 to DATA), the 49 aligned landmarks and the AU labels. Images without landmarks (no face found)
 are dropped and listed, with the reason, in DATA/list/NAME_dropped.txt.
@@ -48,10 +48,7 @@ from absl import app, flags
 from audjax.data.align import align_face, alignment_matrix, transform_points
 from audjax.data.annotate import detect_landmarks
 from audjax.data.lists import (
-    LABEL_VALUES,
-    UNKNOWN,
     ListError,
-    atomic_write,
     check_finite,
     check_labels,
     list_file,
@@ -59,6 +56,8 @@ from audjax.data.lists import (
     read_lines,
     write_lists,
 )
+from audjax.files import atomic_write
+from audjax.labels import LABEL_VALUES, UNKNOWN
 from audjax.landmarks import AU_NAMES, select_49
 from audjax.tools.progress import StatusLine
 

@@ -83,7 +83,7 @@ NUM_AUS = len(AU_NAMES)
 ACTIVE_THRESHOLD = 0.35  # an AU occurs when its intensity exceeds this
 MISSING_LABEL = 999  # ADLD's "unknown" label (the target training set is unlabelled)
 RAW_SCALE = 1.5  # raw image side / aligned image side
-BOX_ENLARGE = 2.8  # DESIGN §6: the aligned image spans 2.8x the eyes-nose-mouth box
+BOX_ENLARGE = 2.8  # docs/design.md §6: the aligned image spans 2.8x the eyes-nose-mouth box
 
 
 # What sets the target domain apart (`generate`'s target_shift): "full" is everything the module
@@ -794,8 +794,8 @@ _BACKDROP = (84, 80, 76)  # the lab's single plain backdrop (BGR)
 
 
 def _aligned_span() -> float:
-    """Face units an aligned image spans for the mean face (DESIGN §6: the eye-centres, nose-tip
-    and mouth-corner box, enlarged 2.8x)."""
+    """Face units an aligned image spans for the mean face (docs/design.md §6: the eye-centres,
+    nose-tip and mouth-corner box, enlarged 2.8x)."""
     left, right = _eye_centres(NEUTRAL_FACE)
     box = np.stack([left, right, NEUTRAL_FACE[30], NEUTRAL_FACE[48], NEUTRAL_FACE[54]])
     return BOX_ENLARGE * float((box.max(0) - box.min(0)).max())

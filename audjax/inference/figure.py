@@ -2,8 +2,8 @@
 `python -m audjax.inference.figure --run RUN SOURCE_IMAGE TARGET_IMAGE --out FIG.png`.
 
 Both faces are found, aligned and centre-cropped as `audjax.Detector` does (or taken as they are
-with `--aligned`), then run through rounds 1 and 2 of the separation (DESIGN §3) in evaluation
-mode. One row per face (source, target):
+with `--aligned`), then run through rounds 1 and 2 of the separation (docs/design.md §3) in
+evaluation mode. One row per face (source, target):
 
 1. the aligned crop;
 2. E_l's attention (F_sl, F_tl), summed over the landmarks, over the crop;

@@ -1,4 +1,4 @@
-"""Flax Linen modules of audjax (DESIGN §1). See `networks.py` for what each one is."""
+"""Flax Linen modules of audjax (docs/design.md §1). See `networks.py` for what each one is."""
 
 from audjax.models.init import torch_default_init
 from audjax.models.networks import (

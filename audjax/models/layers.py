@@ -1,8 +1,9 @@
 """Building blocks shared by the networks: the 3x3 conv, norms, PReLU, pooling and CBAM.
 
-Every network in DESIGN §1 is a stack of `C3 -> norm -> PReLU` steps. The helpers here give each
-layer an explicit, numbered name (`conv0`, `bn0`, `prelu0`, ...) so that parameter paths are stable
-and readable: the ADLD importer and the phase-1 -> phase-2 transplant address layers by these names.
+Every network in docs/design.md §1 is a stack of `C3 -> norm -> PReLU` steps. The helpers here give
+each layer an explicit, numbered name (`conv0`, `bn0`, `prelu0`, ...) so that parameter paths are
+stable and readable: the ADLD importer and the phase-1 -> phase-2 transplant address layers by these
+names.
 """
 
 import functools
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# PyTorch's defaults, which ADLD and the paper train with (DESIGN §1 notation).
+# PyTorch's defaults, which ADLD and the paper train with (docs/design.md §1 notation).
 BN_MOMENTUM = 0.9  # Flax convention: new = momentum * old + (1 - momentum) * batch
 NORM_EPS = 1e-5
 PRELU_INIT = 0.25

@@ -1,4 +1,4 @@
-"""The networks of the paper (DESIGN §1), as Flax Linen modules. NHWC throughout.
+"""The networks of the paper (docs/design.md §1), as Flax Linen modules. NHWC throughout.
 
 Names follow the paper (Fig. 1):
 
@@ -196,9 +196,9 @@ class LandmarkDiscriminator(nn.Module):
 class DomainDiscriminator(nn.Module):
     """D_d (LSGAN): 3x [Conv4x4 s2 p1, IN, PReLU], Conv4x4 s2 p0, PReLU, Conv1x1 -> (B, 1).
 
-    Decision (DESIGN §1): the fourth conv pads by 1 when its input is under 4x4, and whatever
-    positions remain are averaged before the 1x1 conv, so every crop from 64 up works; at the
-    paper's s = 44 the map is already 1x1 there and this is ADLD's network exactly.
+    Decision (docs/design.md §1): the fourth conv pads by 1 when its input is under 4x4, and
+    whatever positions remain are averaged before the 1x1 conv, so every crop from 64 up works; at
+    the paper's s = 44 the map is already 1x1 there and this is ADLD's network exactly.
     """
 
     width: float = 1.0
@@ -257,9 +257,9 @@ class GroupedConv3(nn.Module):
             y = conv_fn(x, kernel, feature_group_count=k)
         else:
             # jnp.split, not slices: the gradient of a slice pads it back to K*C_in channels
-            # and the K padded gradients are summed, which XLA:CPU fused into the Winograd
-            # input-gradient transforms (120-150 ms each at the paper's size). Split's gradient
-            # is a concatenation: E_au forward + backward 1.58 -> 1.40 s (BUILD.md).
+            # and sums the K padded gradients, which XLA:CPU fuses into the Winograd
+            # input-gradient transforms; split's gradient is a concatenation
+            # (docs/performance.md "How the CPU step is made fast").
             y = jnp.concatenate([conv_fn(xg, kg) for xg, kg in zip(
                 jnp.split(x, k, axis=-1), jnp.split(kernel, k, axis=-1), strict=True)], axis=-1)
         return y + bias
@@ -323,7 +323,7 @@ class Projector(nn.Module):
 
 
 class Projectors(nn.Module):
-    """The six P_i of L_c, one per aligned pair (DESIGN §4), keyed by the target's name."""
+    """The six P_i of L_c, one per aligned pair (docs/design.md §4), keyed by the target's name."""
 
     names: tuple[str, ...] = ("F_s", "F_t", "A_s", "B_s", "A_t", "B_t")
     dtype: Any = None

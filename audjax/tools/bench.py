@@ -38,13 +38,13 @@ from absl import app, flags
 
 from audjax import parallel, steps
 from audjax import state as state_lib
-from audjax.config import COMPUTE_DTYPES, Config
+from audjax.config import COMPUTE_DTYPES, MODELS, Config
 from audjax.data import pipeline
 from audjax.files import atomic_write
 from audjax.tools import malloc as hostmem
 
 flags.DEFINE_enum("phase", "joint", ["joint", "pretrain"], "which step")
-flags.DEFINE_enum("model", "A", ["C", "B", "A", "source_only"], "joint-phase model")
+flags.DEFINE_enum("model", "A", MODELS, "joint-phase model")
 flags.DEFINE_integer("crop", 176, "crop size")
 flags.DEFINE_float("width", 1.0, "width multiplier")
 flags.DEFINE_integer("batch", 16, "images per domain per step")
