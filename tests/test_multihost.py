@@ -123,13 +123,15 @@ def test_two_processes_train_like_one(synth_root, tmp_path):
                 load_data(config, SPLITS), parallel.make_mesh(config))
 
     # Records come from process 0 alone, one line a step. The losses of every step are those of
-    # one process up to float32 rounding, so each step saw the same images, resumed or not.
+    # one process up to float32 rounding, so each step saw the same images, resumed or not. The
+    # rounding grows with the steps as the weights drift apart (by as much as the tolerance on
+    # the weights below allows), hence 1e-4; another image in a batch moves a loss by far more.
     records = [[json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()
                 if '"train"' in x] for r in (run, tmp_path / "one")]
     assert [x["step"] for x in records[0]] == [x["step"] for x in records[1]] == [1, 2, 3, 4]
     for a, b in zip(*records, strict=True):
         for k in ("loss_total", "loss_au", "loss_l", "loss_cyc", "loss_adl", "loss_d"):
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=f"step {a['step']} {k}")
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, err_msg=f"step {a['step']} {k}")
 
     (step_two, two), (step_one, one) = latest_state(run), latest_state(tmp_path / "one")
     assert step_two == step_one == 4
