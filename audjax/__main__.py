@@ -1,0 +1,7 @@
+"""`python -m audjax <verb>`: the same as the `audjax` command."""
+
+import sys
+
+from audjax.cli import main
+
+sys.exit(main())
