@@ -38,7 +38,8 @@ def test_restarts_only_for_tunables_not_yet_set(glibc_236_madvise):
     assert hostmem.needs_restart(ON)
     assert not hostmem.needs_restart({**ON, "GLIBC_TUNABLES": HUGE})
     assert hostmem.needs_restart({**ON, "GLIBC_TUNABLES": HUGE}, keep_freed=True)
-    assert not hostmem.needs_restart({**ON, "GLIBC_TUNABLES": ":".join((*KEEP, HUGE))}, keep_freed=True)
+    assert not hostmem.needs_restart({**ON, "GLIBC_TUNABLES": ":".join((*KEEP, HUGE))},
+                                     keep_freed=True)
     for off in ({}, {"AUDJAX_TUNE_MALLOC": "0"}):  # opt-in: unset or 0 restarts nothing
         assert not hostmem.needs_restart(off, keep_freed=True)
         assert hostmem.needs_restart(off, keep_freed=True, force=True)
