@@ -9,23 +9,29 @@ from absl import flags
 HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
+def _prog(verb: str) -> str:
+    """A verb's command: `audjax VERB`; a program given whole (`python -m ...`) as it is."""
+    return verb if " " in verb else f"audjax {verb}"
+
+
 def help_text(values: flags.FlagValues, verb: str, usage: str, doc: str) -> str:
     """`audjax VERB --help`: the usage line, the verb's summary and exactly its flags."""
-    return (f"usage: audjax {verb} {usage}\n\n{doc.strip()}\n\nflags:\n"
+    return (f"usage: {_prog(verb)} {usage}\n\n{doc.strip()}\n\nflags:\n"
             f"{values.get_help(prefix='  ', include_special_flags=False)}\n")
 
 
 def fail(verb: str, message: str) -> SystemExit:
     """Print `message` as the verb's error and return the SystemExit (status 2) to raise."""
-    print(f"audjax {verb}: error: {message}\n(audjax {verb} --help lists its flags)",
+    print(f"{_prog(verb)}: error: {message}\n({_prog(verb)} --help lists its flags)",
           file=sys.stderr)
     return SystemExit(2)
 
 
 def parse(values: flags.FlagValues, argv, verb: str, usage: str, doc: str,
-          positional: tuple[int, int | None] = (0, 0)) -> list[str]:
+          positional: tuple[int, int | None] = (0, 0), known_only: bool = False) -> list[str]:
     """Parse `argv` (the arguments after the verb) into `values`; returns the positional
-    arguments, `positional` = (fewest, most; None: no limit). `--help` prints `help_text` and
+    arguments, `positional` = (fewest, most; None: no limit), and with `known_only` the flags
+    `values` does not define. `--help` prints `help_text` and
     exits 0; a bad flag, a missing required one or a wrong number of arguments exits 2 with a
     message naming it."""
     argv = list(argv)
@@ -35,7 +41,7 @@ def parse(values: flags.FlagValues, argv, verb: str, usage: str, doc: str,
         raise SystemExit(0)
     values.unparse_flags()  # a verb called twice in one process starts from its defaults
     try:
-        rest = values([f"audjax {verb}", *argv])[1:]
+        rest = values([_prog(verb), *argv], known_only=known_only)[1:]
     except flags.Error as e:
         raise fail(verb, str(e)) from None
     fewest, most = positional
