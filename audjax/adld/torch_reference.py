@@ -1,7 +1,7 @@
 """ADLD in PyTorch: its eight networks, its losses and its training step, as a reference.
 
 audjax is checked against this module (`tests/test_adld_torch.py`, `tests/test_adld_step.py`)
-and timed against it (`python -m audjax.tools.bench --compare=torch`). It needs torch, the optional
+and timed against it (`audjax bench --compare=torch`). It needs torch, the optional
 `bench` extra (`pip install -e ".[bench]"`); the library never imports it.
 
 Everything follows ADLD's public code (ZhiwenShao/ADLD: network.py, util.py, pre_process.py and
