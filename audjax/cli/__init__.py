@@ -21,6 +21,9 @@ VERBS = {
     "synth": "generate the SynthAU data set (kept if already there)",
     "check": "validate a list prefix and decode every image",
 }
+# Verbs whose compiled programs run many times in one process: with AUDJAX_TUNE_MALLOC=1 the
+# command restarts with the malloc tunables (audjax.tools.malloc). bench decides for itself.
+TUNED = ("predict",)
 
 
 def usage() -> str:
@@ -34,7 +37,9 @@ def usage() -> str:
 
 
 def main(argv=None) -> int:
-    """Run the verb `argv[1]` (default `sys.argv`) on the arguments after it."""
+    """Run the verb `argv[1]` (default `sys.argv`: the command line, which a verb of `TUNED`
+    may restart with the malloc tunables) on the arguments after it."""
+    command_line = argv is None
     argv = sys.argv if argv is None else argv
     args = list(argv[1:])
     if not args or args[0] in ("-h", "--help", "help"):
@@ -45,6 +50,10 @@ def main(argv=None) -> int:
         print(f"audjax: unknown verb {verb!r}; the verbs are {', '.join(VERBS)} "
               "(audjax --help)", file=sys.stderr)
         return 2
+    if command_line and verb in TUNED:
+        from audjax.tools import malloc
+
+        malloc.tune_malloc()
     # grain's worker processes and absl logging read absl's global flags, which no verb
     # parses (each has its own FlagValues).
     if not flags.FLAGS.is_parsed():

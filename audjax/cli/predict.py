@@ -18,7 +18,6 @@ from absl import flags
 from audjax.cli.common import fail, parse
 from audjax.config import MODELS
 from audjax.inference.detector import PATHS
-from audjax.tools import malloc as hostmem
 
 USAGE = "INPUT... --run RUN --out FILE.csv [flags]  |  --bench [INPUT...] [flags]"
 FLAGS = flags.FlagValues()
@@ -56,7 +55,6 @@ flags.DEFINE_integer("bench_count", 20, "--bench: images timed end to end (the i
 
 
 def main(argv) -> int:
-    hostmem.tune_malloc()
     inputs = parse(FLAGS, argv, "predict", USAGE, __doc__, positional=(0, None))
     f = FLAGS
     if f.overlay_video and not f.overlay:
