@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from audjax import cli
+from audjax.cli import common
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -118,3 +119,24 @@ def test_synth_then_check_end_to_end(tmp_path):
     first.unlink()
     r = audjax("check", str(prefix), "--data_root", str(out))
     assert r.returncode == 2 and f"{prefix}_path.txt:1: image not found" in r.stderr
+
+
+def test_ablation_and_table_flags(capsys):
+    """experiments.ablation and experiments.table on absl: their own flags, --flagfile taken
+    out for the runs, unknown flags passed to the runs, bad values named."""
+    from experiments import ablation, table
+
+    flagfile, rest = ablation.split_flagfile(["--flagfile", "x.flags", "--seeds=2",
+                                              "--lambda_self=3"])
+    assert flagfile == "x.flags" and rest == ["--seeds=2", "--lambda_self=3"]
+    extra = common.parse(ablation.ABLATION, rest, ablation.PROG, "", "",
+                             positional=(0, None), known_only=True)
+    assert extra == ["--lambda_self=3"] and ablation.ABLATION.seeds == 2
+    for args, named in ((["--models=Z"], "--models=Z"), (["--seeds=0"], "--seeds=0")):
+        with pytest.raises(SystemExit) as exit_:
+            ablation.main(args)
+        assert exit_.value.code == 2 and named in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        table.main([])
+    assert exit_.value.code == 2 and "python -m experiments.table: error" in (
+        capsys.readouterr().err)
