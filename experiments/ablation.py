@@ -20,18 +20,37 @@ The seed drives model initialisation, data order and augmentation; SynthAU itsel
 once (--synth_seed) and shared by all seeds.
 """
 
-import argparse
 import concurrent.futures
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from absl import flags
+
+from audjax.cli.common import fail, parse
 from audjax.config import MODELS
 from audjax.files import atomic_write
 from audjax.tools import malloc as hostmem
 from experiments import table
 from experiments.run import FLAGS, preset_overrides, resolve_flagfiles
+
+PROG = "python -m experiments.ablation"
+USAGE = ("[--seeds=N] [--models=A,B] [--label=NAME] [--out=DIR] [--flagfile=FILE] [--jobs=N] "
+         "[--other_run_flags ...]")
+# Its own flags, apart from experiments.run's (absl's global FLAGS, which names its flags too):
+# no clash, and the flags it does not know pass through to the runs. --flagfile is absl's own
+# (it would read the file), so it is taken out before parsing.
+ABLATION = flags.FlagValues()
+flags.DEFINE_integer("seeds", 3, "seeds 0 .. N-1", lower_bound=1, flag_values=ABLATION)
+flags.DEFINE_list("models", list(MODELS), "comma-separated subset of " + ",".join(MODELS),
+                  flag_values=ABLATION)
+flags.DEFINE_string("label", "", "directory name of the runs (default: the model); one model "
+                    "only", flag_values=ABLATION)
+flags.DEFINE_string("out", "runs/ablation", "the ablation's directory", flag_values=ABLATION)
+flags.DEFINE_integer("jobs", 1, "runs at a time (results do not depend on it)", lower_bound=1,
+                     flag_values=ABLATION)
+DEFAULT_FLAGFILE = "quickstart.flags"
 
 
 def run(args: list[str], log: Path) -> None:
@@ -56,39 +75,45 @@ def flagfile_settings(flagfile: str, model: str) -> list[str]:
     return list(preset_overrides(args).values()) if named and named[-1] == model else []
 
 
+def split_flagfile(argv) -> tuple[str, list[str]]:
+    """(the last --flagfile=FILE, default quickstart.flags: settings shared by every run, phase
+    1 and 2; the other arguments)."""
+    flagfile, rest, args = DEFAULT_FLAGFILE, [], iter(argv)
+    for arg in args:
+        if arg.startswith("--flagfile="):
+            flagfile = arg.split("=", 1)[1]
+        elif arg == "--flagfile":
+            flagfile = next(args, DEFAULT_FLAGFILE)
+        else:
+            rest.append(arg)
+    return flagfile, rest
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.ablation", description=__doc__.split("\n\n")[0],
-        epilog="Other --flags go to every phase-2 run (after --model).")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
-    parser.add_argument("--label", default="",
-                        help="directory name of the runs (default: the model); one model only")
-    parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--flagfile", default="quickstart.flags",
-                        help="settings shared by every run (phase 1 and 2)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time (results do not depend on it)")
-    args, extra = parser.parse_known_args(argv)
-    models = [m for m in args.models.split(",") if m]
+    argv = sys.argv[1:] if argv is None else argv
+    flagfile, argv = split_flagfile(argv)
+    doc = (__doc__.split("\n\n")[0] + "\n\n--flagfile=FILE: settings shared by every run "
+           f"(default {DEFAULT_FLAGFILE}). Other --flags go to every phase-2 run (after --model).")
+    extra = parse(ABLATION, argv, PROG, USAGE, doc, positional=(0, None), known_only=True)
+    args = ABLATION
+    models = [m for m in args.models if m]
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
-        parser.error(f"--models={args.models}: expected a comma-separated subset of {MODELS}")
+        raise fail(PROG, f"--models={','.join(args.models)}: expected a comma-separated subset "
+                         f"of {','.join(MODELS)}")
     if args.label and len(models) != 1:
-        parser.error("--label names the runs of one model: give one --models")
-    if args.seeds < 1 or args.jobs < 1:
-        parser.error("--seeds and --jobs must be at least 1")
+        raise fail(PROG, "--label names the runs of one model: give one --models")
     bad = [x for x in extra if not x.startswith("--")]
     if bad:
-        parser.error(f"unexpected arguments {bad}")
+        raise fail(PROG, f"unexpected arguments {bad}")
 
     out = Path(args.out)
-    common = [f"--flagfile={args.flagfile}"]
+    common = [f"--flagfile={flagfile}"]
     seeds = range(args.seeds)
-    own = {m: flagfile_settings(args.flagfile, m) for m in models}
+    own = {m: flagfile_settings(flagfile, m) for m in models}
     for m in models:
         if own[m]:
-            print(f"{m}: {' '.join(own[m])} from {args.flagfile}", flush=True)
+            print(f"{m}: {' '.join(own[m])} from {flagfile}", flush=True)
 
     def pretrain(seed):
         workdir = out / "pretrain" / f"seed{seed}"

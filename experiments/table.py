@@ -15,14 +15,24 @@ set). Model selection has already happened inside each run, on target-validation
 numbers choose nothing here.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
+from audjax.cli.common import parse
 from audjax.config import MODELS
+
+PROG = "python -m experiments.table"
+USAGE = "DIR... [--labels=A,B] [--split=SPLIT] [--against=A,B]"
+FLAGS = flags.FlagValues()
+flags.DEFINE_list("labels", [], "comma-separated labels of an ablation (default: all)",
+                  flag_values=FLAGS)
+flags.DEFINE_string("split", "target_test", "results.json split", flag_values=FLAGS)
+flags.DEFINE_list("against", ["source_only", "A", "C"],
+                  "comma-separated labels to give paired differences against", flag_values=FLAGS)
 
 
 def label_order(label: str):
@@ -99,25 +109,19 @@ def tables(groups: dict[str, dict[int, dict]], against=("source_only", "A", "C")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.table",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", help="ablation directories or run directories")
-    parser.add_argument("--labels", default="", help="comma-separated labels of an ablation")
-    parser.add_argument("--split", default="target_test")
-    parser.add_argument("--against", default="source_only,A,C",
-                        help="comma-separated labels to give paired differences against")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    dirs = parse(FLAGS, argv, PROG, USAGE, __doc__, positional=(1, None))
     groups = {}
-    for d in map(Path, args.dirs):
+    for d in map(Path, dirs):
         if (d / "results.json").exists():  # a single run: one row, its seed from its config
             seed = json.loads((d / "config.json").read_text()).get("seed", 0)
-            groups[str(d)] = {seed: _load(d / "results.json", args.split)}
+            groups[str(d)] = {seed: _load(d / "results.json", FLAGS.split)}
             continue
-        labels = [x for x in args.labels.split(",") if x] or discover(d)
-        groups.update(collect(d, labels, args.split))
+        labels = [x for x in FLAGS.labels if x] or discover(d)
+        groups.update(collect(d, labels, FLAGS.split))
     if not groups:
         sys.exit("no results found")
-    print(tables(groups, [x for x in args.against.split(",") if x]))
+    print(tables(groups, [x for x in FLAGS.against if x]))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_prepare_annotate_drops_the_blank_image(tmp_path, astronaut_bgr):
     cv2.imwrite(str(raw / "blank.png"), np.full((300, 300, 3), 200, np.uint8))
     out = tmp_path / "data"
     result = subprocess.run(
-        [sys.executable, "-m", "audjax.data.prepare", "--images", str(raw), "--annotate",
+        [sys.executable, "-m", "audjax", "prepare", "--images", str(raw), "--annotate",
          "--out", str(out), "--name", "wild", "--workers", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)})

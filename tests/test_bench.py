@@ -1,6 +1,7 @@
-"""The step benchmark runs and reports its numbers (its timings are not checked here)."""
+"""`audjax bench` runs and reports its numbers (its timings are not checked here)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args):
-    return subprocess.run([sys.executable, "-m", "audjax.tools.bench", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "audjax", "bench", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -38,3 +39,7 @@ def test_compare_with_torch_needs_adld_shapes():
     assert r.returncode != 0
     assert ("--compare=torch needs --width=1.0" in r.stderr
             or "--compare=torch needs PyTorch" in r.stderr)
+    # --compare=torch turns the malloc settings on for itself, and says so
+    if hostmem.tunables(keep_freed=True) and "GLIBC_TUNABLES" not in os.environ:
+        assert "restarted this command once with GLIBC_TUNABLES=" in r.stdout
+        assert '(docs/performance.md "Malloc settings (opt-in)")' in r.stdout

@@ -1,4 +1,4 @@
-"""audjax.Detector and `python -m audjax.cli.predict`: faces found, aligned and scored as in
+"""audjax.Detector and `audjax predict`: faces found, aligned and scored as in
 training and evaluation, landmarks mapped back into the photo, videos and bad files.
 
 Checkpoints are freshly initialised (conftest's `tiny_runs`). An untrained head puts landmarks

@@ -1,5 +1,5 @@
-"""The inspect and plot tools, docs/checkpoints.md's Orbax snippet and the Fig. 1 figure,
-on the tiny runs of conftest's `tiny_runs`."""
+"""The inspect and plot tools and verbs, docs/checkpoints.md's Orbax snippet and the Fig. 1
+figure (`audjax visualize`), on the tiny runs of conftest's `tiny_runs`."""
 
 import functools
 import json
@@ -16,10 +16,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from audjax import checkpoints
-from audjax.inference import figure as visualize
+from audjax.cli import inspect as inspect_cli
+from audjax.cli import plot as plot_cli
+from audjax.cli import visualize as visualize_cli
+from audjax.inference import figure
 from audjax.inference.detector import Detector
 from audjax.state import GROUPS
-from audjax.tools import inspect, plot
+from audjax.tools import inspect
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,18 +60,18 @@ def test_inspect_counts_equal_the_restored_tree(tiny_runs, name, capsys, monkeyp
     assert d["last_validation"]["step"] == 5
 
     # The command: text names every network with its count; --json is the description.
-    assert inspect.main([name]) == 0
+    assert inspect_cli.main([name]) == 0
     text = capsys.readouterr().out
     for net, info in d["networks"].items():
         assert re.search(rf"^  {net}\s+\w+\s+{info['params']:,} params", text, re.M), net
     assert "--crop=64" in text and "--width=0.25" in text
-    assert inspect.main([f"{name}/checkpoints/3", "--json"]) == 0
+    assert inspect_cli.main([f"{name}/checkpoints/3", "--json"]) == 0
     step3 = json.loads(capsys.readouterr().out)
     assert step3["step"] == 3 and step3["networks"].keys() == d["networks"].keys()
 
 
 def test_inspect_not_a_checkpoint(tmp_path, capsys):
-    assert inspect.main([str(tmp_path)]) == 2
+    assert inspect_cli.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path) in err and "no checkpoint" in err
 
@@ -98,10 +101,10 @@ def test_plot_writes_a_png(tiny_runs, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tiny_runs["joint"].parent)
     out = tmp_path / "curves.png"
-    assert plot.main(["joint", "pretrain", "--out", str(out)]) == 0
+    assert plot_cli.main(["joint", "pretrain", "--out", str(out)]) == 0
     image = cv2.imread(str(out))
     assert image is not None and image.shape == (900, 1600, 3)
-    assert plot.main([str(tmp_path), "--out", str(out)]) == 2  # no metrics.jsonl there
+    assert plot_cli.main([str(tmp_path), "--out", str(out)]) == 2  # no metrics.jsonl there
 
 
 def test_cross_cycle_of_a_face_with_itself(tiny_runs):
@@ -109,7 +112,7 @@ def test_cross_cycle_of_a_face_with_itself(tiny_runs):
     the Detector's target-path probabilities, and both rounds give the same features."""
     det = Detector.from_run(tiny_runs["joint"], batch_size=1)
     image = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 64, 64, 3)), jnp.float32)
-    fn = jax.jit(functools.partial(visualize.cross_cycle, det.config, det.nets))
+    fn = jax.jit(functools.partial(figure.cross_cycle, det.config, det.nets))
     r = fn(det.params, det.batch_stats, image, image)
     np.testing.assert_allclose(r["probs"]["F_sltb"], det.predict_crops(image)["probs"],
                                atol=1e-5)
@@ -124,10 +127,10 @@ def test_visualize_writes_a_png(tiny_runs, tmp_path, capsys):
         cv2.imwrite(str(tmp_path / name), cv2.resize(
             rng.integers(0, 256, (10, 10, 3), dtype=np.uint8), (80, 80)))
     out = tmp_path / "fig1.png"
-    assert visualize.main(["--run", str(tiny_runs["joint"]), str(tmp_path / "s.png"),
+    assert visualize_cli.main(["--run", str(tiny_runs["joint"]), str(tmp_path / "s.png"),
                            str(tmp_path / "t.png"), "--aligned", "--out", str(out)]) == 0
     assert cv2.imread(str(out)) is not None
     # A phase-1 run has no separation networks: one line, status 2.
-    assert visualize.main(["--run", str(tiny_runs["pretrain"]), str(tmp_path / "s.png"),
+    assert visualize_cli.main(["--run", str(tiny_runs["pretrain"]), str(tmp_path / "s.png"),
                            str(tmp_path / "t.png"), "--aligned", "--out", str(out)]) == 2
     assert "needs a joint run" in capsys.readouterr().err

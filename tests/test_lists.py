@@ -183,19 +183,19 @@ def test_long_list_reports_the_right_line(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "audjax.data.lists", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "audjax", "check", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_cli_check(good, tmp_path):
-    result = run_cli("--check", str(good), "--data_root", str(tmp_path), "--num_landmarks", "2")
+    result = run_cli(str(good), "--data_root", str(tmp_path), "--num_landmarks", "2")
     assert result.returncode == 0, result.stderr
     assert "3 samples, 2 landmarks, 3 AUs" in result.stdout
     assert "AU#1: 3 labelled, positive rate 0.667" in result.stdout
     assert "AU#3: 2 labelled, positive rate 0.500" in result.stdout
     assert "all 3 images decode" in result.stdout
     os.remove(tmp_path / "img" / "c.png")
-    result = run_cli("--check", str(good), "--data_root", str(tmp_path), "--num_landmarks", "2")
+    result = run_cli(str(good), "--data_root", str(tmp_path), "--num_landmarks", "2")
     assert result.returncode == 2
     assert f"{good}_path.txt:3: image not found" in result.stderr

@@ -9,6 +9,7 @@ import pytest
 from audjax.tools import malloc as hostmem
 
 HUGE, KEEP = hostmem.HUGE_PAGES, hostmem.KEEP_FREED
+ON = {"AUDJAX_TUNE_MALLOC": "1"}  # the opt-in
 
 
 @pytest.fixture
@@ -18,52 +19,64 @@ def glibc_236_madvise(monkeypatch):
 
 
 def test_asks_for_what_glibc_and_the_kernel_support(glibc_236_madvise, monkeypatch):
-    assert hostmem.missing({}) == [HUGE]
-    assert hostmem.missing({}, keep_freed=True) == [*KEEP, HUGE]
+    assert hostmem.missing(ON) == [HUGE]
+    assert hostmem.missing(ON, keep_freed=True) == [*KEEP, HUGE]
     for mode in ("always", "never", None):  # huge pages need no advice, or cannot be had
         monkeypatch.setattr(hostmem, "_thp_mode", lambda mode=mode: mode)
-        assert hostmem.missing({}) == []
-        assert hostmem.missing({}, keep_freed=True) == list(KEEP)
+        assert hostmem.missing(ON) == []
+        assert hostmem.missing(ON, keep_freed=True) == list(KEEP)
     monkeypatch.setattr(hostmem, "_thp_mode", lambda: "madvise")
     monkeypatch.setattr(hostmem, "_glibc_version", lambda: (2, 34))  # no hugetlb tunable
-    assert hostmem.missing({}, keep_freed=True) == list(KEEP)
+    assert hostmem.missing(ON, keep_freed=True) == list(KEEP)
     for version in ((2, 25), None):  # no tunables at all, or not glibc
         monkeypatch.setattr(hostmem, "_glibc_version", lambda version=version: version)
-        assert hostmem.missing({}, keep_freed=True) == []
-        assert not hostmem.needs_restart({}, keep_freed=True)
+        assert hostmem.missing(ON, keep_freed=True) == []
+        assert not hostmem.needs_restart(ON, keep_freed=True)
 
 
 def test_restarts_only_for_tunables_not_yet_set(glibc_236_madvise):
-    assert hostmem.needs_restart({})
-    assert not hostmem.needs_restart({"GLIBC_TUNABLES": HUGE})
-    assert hostmem.needs_restart({"GLIBC_TUNABLES": HUGE}, keep_freed=True)
-    assert not hostmem.needs_restart({"GLIBC_TUNABLES": ":".join((*KEEP, HUGE))}, keep_freed=True)
-    assert not hostmem.needs_restart({"AUDJAX_TUNE_MALLOC": "0"}, keep_freed=True)
+    assert hostmem.needs_restart(ON)
+    assert not hostmem.needs_restart({**ON, "GLIBC_TUNABLES": HUGE})
+    assert hostmem.needs_restart({**ON, "GLIBC_TUNABLES": HUGE}, keep_freed=True)
+    assert not hostmem.needs_restart({**ON, "GLIBC_TUNABLES": ":".join((*KEEP, HUGE))},
+                                     keep_freed=True)
+    for off in ({}, {"AUDJAX_TUNE_MALLOC": "0"}):  # opt-in: unset or 0 restarts nothing
+        assert not hostmem.needs_restart(off, keep_freed=True)
+        assert hostmem.needs_restart(off, keep_freed=True, force=True)
     # a tunable the user set keeps the user's value, whatever it is
     mine = "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=0"
-    assert hostmem.missing({"GLIBC_TUNABLES": mine}, keep_freed=True) == list(KEEP[:2])
-    assert not hostmem.needs_restart({"GLIBC_TUNABLES": mine})
+    assert hostmem.missing({**ON, "GLIBC_TUNABLES": mine}, keep_freed=True) == list(KEEP[:2])
+    assert not hostmem.needs_restart({**ON, "GLIBC_TUNABLES": mine})
 
 
 def test_keeps_the_tunables_already_set(glibc_236_madvise):
-    mine = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "HOME": "/h"}
+    mine = {**ON, "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "HOME": "/h"}
     env = hostmem.tuned_environment(mine, keep_freed=True)
-    assert env == {"GLIBC_TUNABLES": ":".join(("glibc.malloc.tcache_count=0", *KEEP, HUGE)),
-                   "HOME": "/h"}
-    assert hostmem.tuned_environment({})["GLIBC_TUNABLES"] == HUGE
+    assert env == {**ON, "GLIBC_TUNABLES": ":".join(("glibc.malloc.tcache_count=0", *KEEP, HUGE)),
+                   "HOME": "/h", hostmem.RESTARTED: ":".join((*KEEP, HUGE))}
+    assert hostmem.tuned_environment(ON)["GLIBC_TUNABLES"] == HUGE
     assert not hostmem.needs_restart(env, keep_freed=True)
+    assert hostmem.restart_note(env) == (
+        f"restarted this command once with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} "
+        '(docs/performance.md "Malloc settings (opt-in)")')
+    assert hostmem.restart_note(mine) is None
 
 
 @pytest.mark.parametrize("keep_freed", [False, True])
-def test_the_restarted_command_has_the_tunables_and_its_arguments(keep_freed):
-    """A real restart: the child runs the same command line again, now with the tunables (those
-    this machine's glibc and kernel call for; where none, it runs once, unchanged)."""
+@pytest.mark.parametrize("switch", [None, "0", "1"])
+def test_the_restarted_command_has_the_tunables_and_its_arguments(keep_freed, switch):
+    """A real restart: with AUDJAX_TUNE_MALLOC=1 the child runs the same command line again, now
+    with the tunables (those this machine's glibc and kernel call for; where none, it runs once,
+    unchanged); unset or 0, it runs once."""
     code = ("import os, sys; from audjax.tools import malloc as hostmem; print('run', flush=True); "
             f"hostmem.tune_malloc(keep_freed={keep_freed}); "
             "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",
                                                             "AUDJAX_TUNE_MALLOC")}
+    if switch is not None:
+        env["AUDJAX_TUNE_MALLOC"] = switch
     restart = hostmem.needs_restart(env, keep_freed)
+    assert restart == (switch == "1" and bool(hostmem.tunables(keep_freed)))
     out = subprocess.run([sys.executable, "-c", code, "a", "--b=1"], env=env, check=True,
                          capture_output=True, text=True).stdout.splitlines()
     want_tunables = ":".join(hostmem.tunables(keep_freed)) if restart else None

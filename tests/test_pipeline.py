@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
+from audjax.cli import bench as bench_cli
 from audjax.data.images import read_sample
 from audjax.data.lists import Lists
-from audjax.data.pipeline import eval_batches, main, train_iter
+from audjax.data.pipeline import eval_batches, train_iter
 from audjax.landmarks import FLIP_PERM, LEFT_EYE, RIGHT_EYE
 from audjax.seeds import stream_seed
 
@@ -318,6 +319,6 @@ def test_read_sample_says_why(tmp_path):
 
 
 def test_bench_runs_on_synthetic_images(capsys):
-    main(["--bench", "--synthetic", "8", "--crop", "64", "--batch", "4", "--workers", "0",
-          "--steps", "3", "--warmup", "1"])
+    assert bench_cli.main(["--what=pipeline", "--synthetic", "8", "--crop", "64", "--batch", "4",
+                           "--workers", "0", "--steps", "3", "--warmup", "1"]) == 0
     assert "images/s" in capsys.readouterr().out

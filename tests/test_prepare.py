@@ -159,7 +159,7 @@ def test_bad_items_raise(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "audjax.data.prepare", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "audjax", "prepare", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 

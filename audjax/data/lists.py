@@ -17,18 +17,16 @@ An image can be used for training when it decodes, is at least as large as the c
 its landmarks (`sample_problem`). The check below decodes every image (slow on a big list; the
 trainer itself only decodes the first one before it starts and skips the others as it meets them):
 
-    python -m audjax.data.lists --check ROOT/list/source_train --data_root ROOT --crop 176
+    audjax check ROOT/list/source_train --data_root ROOT --crop 176
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
-from absl import app, flags
 
 from audjax.data.images import read_sample
 from audjax.errors import InputError
@@ -302,12 +300,12 @@ def write_weights(prefix, weights):
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: python -m audjax.data.lists --check PREFIX [--data_root DIR] [--crop S]
+# Command line helpers (`audjax check`, audjax.cli.check)
 
 
 def check_command(prefix, data_root, crop) -> str:
     """The command that checks every image of a list, for messages that suggest it."""
-    return f"python -m audjax.data.lists --check {prefix} --data_root {data_root} --crop {crop}"
+    return f"audjax check {prefix} --data_root {data_root} --crop {crop}"
 
 
 
@@ -329,29 +327,3 @@ def summary(lists, *, images_checked=False):
         lines.append(f"  all {n} images decode")
     return "\n".join(lines)
 
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    values = flags.FLAGS
-    try:
-        lists = read_lists(values.check, data_root=values.data_root,
-                           num_landmarks=values.num_landmarks, check_images=True,
-                           crop=values.crop)
-    except ListError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary(lists, images_checked=True))
-    return 0
-
-
-if __name__ == "__main__":
-    # Flags are defined here, not at import, so importing this module never touches absl's
-    # global flag registry (a training script may define its own --data_root).
-    flags.DEFINE_string("check", None, "list prefix to validate, e.g. ROOT/list/source_train",
-                        required=True)
-    flags.DEFINE_string("data_root", None, "folder the image paths are relative to "
-                        "(default: the working directory)")
-    flags.DEFINE_integer("num_landmarks", 49, "landmarks per line of P_land.txt")
-    flags.DEFINE_integer("crop", None, "also check that every image allows this crop size")
-    app.run(main)

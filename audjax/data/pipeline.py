@@ -50,11 +50,9 @@ it: the news travels in the batch). In evaluation, an unusable image becomes a m
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from typing import Any
@@ -62,11 +60,10 @@ from typing import Any
 import cv2
 import grain
 import numpy as np
-from absl import flags
 
 from audjax import seeds
 from audjax.data.images import read_sample
-from audjax.data.lists import Lists, read_lists
+from audjax.data.lists import Lists
 from audjax.landmarks import FLIP_PERM, flip_landmarks
 
 # Batches each prefetching thread or worker keeps ready. Two hide the jitter of one slow batch;
@@ -322,7 +319,7 @@ def eval_batches(lists: Lists, data_root: str | os.PathLike | None, *, crop: int
 
 
 # ---------------------------------------------------------------------------------------------
-# Benchmark: python -m audjax.data.pipeline --bench ...
+# Benchmark helpers (`audjax bench --what=pipeline`)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -361,48 +358,3 @@ def measure(lists: Lists, data_root: str | None, *, crop: int, batch_size: int, 
         it.close()  # stops the workers and frees their shared memory, also after an error
     return {"images_per_s": steps * batch_size / (end - warm), "startup_s": warm - start}
 
-
-def _bench(lists: Lists, data_root: str | None, args: argparse.Namespace) -> None:
-    result = measure(lists, data_root, crop=args.crop, batch_size=args.batch,
-                     workers=args.workers, threads=args.threads, steps=args.steps,
-                     warmup=args.warmup)
-    mode = f"workers {args.workers}" if args.workers else f"in-process, threads {args.threads}"
-    print(f"images {len(lists.paths)}  crop {args.crop}  batch {args.batch}  {mode}  "
-          f"cpus {os.cpu_count()}")
-    print(f"startup + {args.warmup} warm-up batches: {result['startup_s']:.2f} s")
-    print(f"{args.steps} batches -> {result['images_per_s']:.0f} images/s "
-          f"(float32 images of {args.crop}x{args.crop}x3)")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m audjax.data.pipeline",
-        description="Measure the training pipeline's throughput (images/s).")
-    parser.add_argument("--bench", action="store_true", required=True)
-    parser.add_argument("--data_root", help="root the list paths are relative to")
-    parser.add_argument("--prefix", help="list prefix, e.g. DATA/list/source_train")
-    parser.add_argument("--synthetic", type=int, metavar="N",
-                        help="instead of a list, time N generated 200x200 JPEGs")
-    parser.add_argument("--crop", type=int, default=176)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="in-process threads (workers 0)")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=10)
-    args = parser.parse_args(argv)
-    if (args.prefix is None) == (args.synthetic is None):
-        parser.error("give exactly one of --prefix and --synthetic")
-
-    # grain's multiprocessing reads absl flags, which nothing parses in a plain script.
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-
-    if args.synthetic is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            _bench(synthetic_lists(tmp, args.synthetic), tmp, args)
-    else:
-        _bench(read_lists(args.prefix, data_root=args.data_root), args.data_root, args)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Data set preparation: raw face images -> aligned images + ADLD list files.
 
-    python -m audjax.data.prepare --images RAW --landmarks RAW_land.txt --out DATA --name src_train
-    python -m audjax.data.prepare --images RAW --annotate --labels RAW_au.txt --out DATA --name tgt
+    audjax prepare --images RAW --landmarks RAW_land.txt --out DATA --name src_train
+    audjax prepare --images RAW --annotate --labels RAW_au.txt --out DATA --name tgt
 
 Every image (searched recursively under --images: .jpg, .jpeg, .png, .bmp) gets 68 or 49
 landmarks (from --landmarks, else from dlib with --annotate), is aligned by `audjax.data.align`
@@ -35,7 +35,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
-from absl import app, flags
 
 from audjax.data.align import align_face, alignment_matrix, transform_points
 from audjax.data.annotate import detect_landmarks
@@ -411,61 +409,30 @@ def _read_keyed_table(file, images, columns, check):
     return dict(zip(paths, table, strict=True))
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    values = flags.FLAGS
-    if not values.landmarks and not values.annotate:
-        raise app.UsageError("give --landmarks FILE, --annotate, or both")
-    root = Path(values.images)
+
+def prepare_folder(images, out, name, *, landmarks=None, labels=None, annotate=False,
+                   out_size=200, box_enlarge=2.8, workers=None,
+                   image_format="keep") -> PrepareReport:
+    """`prepare` every image under the folder `images` (module doc), with the landmarks and
+    labels of the files `landmarks` and `labels`; `image_format` "png" or "jpg" renames the
+    aligned images to that format, "keep" keeps the source's. Raises ValueError naming the
+    folder, a ListError naming the file and line of a bad table."""
+    if not landmarks and not annotate:
+        raise ValueError("give --landmarks FILE, --annotate, or both")
+    root = Path(images)
     if not root.is_dir():
-        raise app.UsageError(f"--images {root} is not a folder")
-    images = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
-              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-
-    try:
-        landmarks, labels = {}, {}
-        if values.landmarks:
-            landmarks = _read_keyed_table(values.landmarks, images, (98, 136), check_finite)
-        if values.labels:
-            labels = _read_keyed_table(values.labels, images, None, check_labels)
-    except ListError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
+        raise ValueError(f"--images {root} is not a folder")
+    found = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
+             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    points = _read_keyed_table(landmarks, found, (98, 136), check_finite) if landmarks else {}
+    au = _read_keyed_table(labels, found, None, check_labels) if labels else {}
     items = []
-    for path, file in images.items():
-        points = landmarks.get(path)
-        name = path if values.format == "keep" else str(PurePosixPath(path).with_suffix(
-            "." + values.format))
-        items.append(RawItem(image=str(file), name=name,
-                             landmarks=None if points is None else points.reshape(-1, 2),
-                             au=None if path not in labels else labels[path].astype(int)))
-    try:
-        report = prepare(items, values.out, values.name, out_size=values.out_size,
-                         box_enlarge=values.box_enlarge, workers=values.workers or None,
-                         annotate=values.annotate)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    return 0
-
-
-if __name__ == "__main__":
-    # Defined here, not at import, so that importing this module leaves absl's global flag
-    # registry alone.
-    flags.DEFINE_string("images", None, "folder of raw images (searched recursively)",
-                        required=True)
-    flags.DEFINE_string("landmarks", None, "file of lines `path x1 y1 ... x68 y68`")
-    flags.DEFINE_bool("annotate", False, "detect the landmarks of images without any with dlib")
-    flags.DEFINE_string("labels", None, "file of lines `path l1 ... lK` (1 / 0 / 999)")
-    flags.DEFINE_string("out", None, "data root to write images/ and list/ under", required=True)
-    flags.DEFINE_string("name", None, "split name, the list prefix (e.g. source_train)",
-                        required=True)
-    flags.DEFINE_integer("out_size", 200, "side of the aligned images")
-    flags.DEFINE_float("box_enlarge", 2.8, "aligned image side / anchor box side")
-    flags.DEFINE_integer("workers", 0, "processes (0: one per available core)")
-    flags.DEFINE_enum("format", "keep", ["keep", "png", "jpg"],
-                      "aligned image format (keep: the source's)")
-    app.run(main)
+    for path, file in found.items():
+        item_points = points.get(path)
+        item_name = path if image_format == "keep" else str(PurePosixPath(path).with_suffix(
+            "." + image_format))
+        items.append(RawItem(image=str(file), name=item_name,
+                             landmarks=None if item_points is None else item_points.reshape(-1, 2),
+                             au=None if path not in au else au[path].astype(int)))
+    return prepare(items, out, name, out_size=out_size, box_enlarge=box_enlarge,
+                   workers=workers, annotate=annotate)

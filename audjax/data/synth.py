@@ -47,7 +47,6 @@ sizes and the image size alone, whatever the number of workers.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import ctypes
 import functools
@@ -1309,7 +1308,7 @@ def domain_shift_check(data_dir) -> dict[str, list[float]]:
     return f1
 
 
-def _shift_table(f1: dict[str, list[float]]) -> str:
+def shift_table(f1: dict[str, list[float]]) -> str:
     columns = ("source_test", "target_test", "target_oracle", "chance")
     rows = [f"{'':6}{'source->source':>16}{'source->target':>16}{'target->target':>16}"
             f"{'always yes':>12}"]
@@ -1324,44 +1323,3 @@ def _shift_table(f1: dict[str, list[float]]) -> str:
 # Command line
 # ---------------------------------------------------------------------------------------------
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m audjax.data.synth",
-        description="Generate SynthAU (kept if already there with the same parameters).")
-    parser.add_argument("--out", required=True, help="data root to write")
-    parser.add_argument("--image_size", type=int, default=200, help="aligned image side")
-    parser.add_argument("--n_train", type=int, default=DEFAULT_SIZES["source_train"],
-                        help="images in source_train and in target_train")
-    parser.add_argument("--n_val", type=int, default=DEFAULT_SIZES["source_val"],
-                        help="images in source_val and in target_val")
-    parser.add_argument("--n_test", type=int, default=DEFAULT_SIZES["source_test"],
-                        help="images in source_test and in target_test")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target_shift", choices=TARGET_SHIFTS, default="full",
-                        help="what sets the target domain apart (see TARGET_SHIFTS)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
-    parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
-    parser.add_argument("--domain_shift_check", action="store_true",
-                        help="then train a linear probe per AU on the source and report F1")
-    args = parser.parse_args(argv)
-
-    sizes = {f"{d}_{s}": n for d in ("source", "target")
-             for s, n in (("train", args.n_train), ("val", args.n_val), ("test", args.n_test))}
-    make = generate if args.force else ensure
-    start = time.monotonic()
-    info = make(args.out, sizes=sizes, image_size=args.image_size, seed=args.seed,
-                target_shift=args.target_shift, workers=args.workers)
-    print(f"SynthAU in {args.out}: {sum(info['sizes'].values())} images at "
-          f"{info['image_size']}x{info['image_size']} ({time.monotonic() - start:.1f} s)")
-    for split, rates in info["label_rates"].items():
-        print(f"  {split:13} AU rates " + " ".join(
-            f"{name}={r:.2f}" for name, r in zip(AU_NAMES, rates, strict=True)))
-    if args.domain_shift_check:
-        print("Linear probe (HOG + logistic regression) F1 per AU, train->test domain:")
-        print(_shift_table(domain_shift_check(args.out)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""The paper's Fig. 1 for a real pair of faces:
-`python -m audjax.inference.figure --run RUN SOURCE_IMAGE TARGET_IMAGE --out FIG.png`.
+"""The paper's Fig. 1 for a real pair of faces
+(`audjax visualize --run RUN SOURCE_IMAGE TARGET_IMAGE --out FIG.png`).
 
 Both faces are found, aligned and centre-cropped as `audjax.Detector` does (or taken as they are
 with `--aligned`), then run through rounds 1 and 2 of the separation (docs/design.md §3) in
@@ -22,9 +22,7 @@ run with E_l, G_b and G_st (models A, B, C), matplotlib (extra `plot`) and, for 
 
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
 
 import jax
 import numpy as np
@@ -133,38 +131,10 @@ def _au_bars(ax, au_columns, probs: dict):
     ax.legend(fontsize="x-small", loc="lower right")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m audjax.inference.figure",
-        description="The paper's Fig. 1 (separation, recombination, cross-cycle "
-                    "reconstruction) for a source and a target face.")
-    parser.add_argument("source", metavar="SOURCE_IMAGE")
-    parser.add_argument("target", metavar="TARGET_IMAGE")
-    parser.add_argument("--run", required=True, help="a joint run directory (its best "
-                                                     "checkpoint) or a checkpoint step directory")
-    parser.add_argument("--out", required=True, help="the figure (.png, .pdf, .svg)")
-    parser.add_argument("--aligned", action="store_true",
-                        help="the images are faces already aligned as the training images")
-    parser.add_argument("--device", help="cpu or gpu (default: JAX's default device)")
-    args = parser.parse_args(argv)
-    from audjax.inference.detector import Detector
 
-    try:
-        detector = Detector.from_run(args.run, batch_size=1, device=args.device)
-        images = []
-        for name in (args.source, args.target):
-            frame = next(media.iter_frames([name]))
-            if frame.error is not None:
-                raise ValueError(f"{name}: {frame.error}")
-            images.append(frame.image)
-        figure(detector, *images, args.out, aligned=args.aligned,
-               names=(args.source, args.target))
-    except (FileNotFoundError, ImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def read_image(name) -> np.ndarray:
+    """The first frame of an image (or video) file, BGR; ValueError names an unreadable one."""
+    frame = next(media.iter_frames([name]))
+    if frame.error is not None:
+        raise ValueError(f"{name}: {frame.error}")
+    return frame.image

@@ -1,9 +1,10 @@
 """Benchmark the training step: pairs/s, FLOP/s against the machine's matmul rate, ADLD's PyTorch
-step side by side, and the input pipeline.
+step side by side, and the input pipeline (the library of `audjax bench`).
 
-    python -m audjax.tools.bench                                  # model A at the paper's shapes
-    python -m audjax.tools.bench --compare=torch --json=a.json  # and ADLD's PyTorch step
-    python -m audjax.tools.bench --model=C --compute_dtype=bfloat16
+    audjax bench                                  # model A at the paper's shapes
+    audjax bench --compare=torch --json=a.json    # and ADLD's PyTorch step
+    audjax bench --model=C --compute_dtype=bfloat16
+    audjax bench --what=pipeline --synthetic=512  # the input pipeline alone
 
 Everything is measured in one process run, so a busy machine slows every figure alike:
 
@@ -20,13 +21,13 @@ Everything is measured in one process run, so a busy machine slows every figure 
 
 A "pair" is one source and one target image (a joint step of batch B is B pairs); the pretrain
 phase and the source-only model read source images only, and their pairs/s are images/s.
-`--json OUT` writes every figure, with `pairs_per_s` (and `torch_pairs_per_s`) at the top level.
+`measure_step` returns every figure (`--json OUT` writes them), with `pairs_per_s` (and
+`torch_pairs_per_s`) at the top level.
 """
 
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,36 +35,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
 from audjax import parallel, steps
 from audjax import state as state_lib
-from audjax.config import COMPUTE_DTYPES, MODELS, Config
+from audjax.config import Config
 from audjax.data import pipeline
 from audjax.files import atomic_write
 from audjax.tools import malloc as hostmem
-
-flags.DEFINE_enum("phase", "joint", ["joint", "pretrain"], "which step")
-flags.DEFINE_enum("model", "A", MODELS, "joint-phase model")
-flags.DEFINE_integer("crop", 176, "crop size")
-flags.DEFINE_float("width", 1.0, "width multiplier")
-flags.DEFINE_integer("batch", 16, "images per domain per step")
-flags.DEFINE_enum("compute_dtype", "float32", list(COMPUTE_DTYPES),
-                  "dtype of convolutions and matmuls (parameters stay float32)")
-flags.DEFINE_integer("steps", 5, "timed steps (the median is reported)")
-flags.DEFINE_integer("warmup", 1, "untimed steps first")
-flags.DEFINE_integer("matmul", 2048, "side of the square float32 matmul baseline")
-flags.DEFINE_enum("compare", "", ["", "torch"], "also time ADLD's PyTorch step (model A)")
-flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
-                  "where the PyTorch step runs; auto: CUDA when JAX runs on a GPU and torch "
-                  "sees one")
-flags.DEFINE_boolean("pipeline", True, "also time the training input pipeline")
-flags.DEFINE_integer("workers", Config().workers, "pipeline worker processes")
-flags.DEFINE_integer("pipeline_steps", 50, "pipeline batches timed (after 5 warm-up batches)")
-flags.DEFINE_string("json", "", "write every figure to this JSON file")
-flags.DEFINE_integer("mesh_data", 1, "devices the batch is split over (0 = all), as in training; "
-                     "XLA_FLAGS=--xla_force_host_platform_device_count=N gives N CPU devices")
-FLAGS = flags.FLAGS
 
 
 def random_batch(config: Config, batch: int, seed: int = 0):
@@ -159,18 +137,20 @@ def torch_step(config: Config, batch, threads: int, device: str):
 
         from audjax.adld import torch_reference as adld_torch
     except ImportError:
-        sys.exit("error: --compare=torch needs PyTorch, the `bench` extra: "
-                 "pip install -e '.[bench]'")
+        raise ImportError("--compare=torch needs PyTorch, the `bench` extra: "
+                          "pip install -e '.[bench]'") from None
     if config.phase != "joint" or config.model == "source_only":
-        sys.exit("error: --compare=torch times ADLD's joint step: use --phase=joint and a model "
-                 "with the domain separation (A, B or C)")
+        raise ValueError("--compare=torch times ADLD's joint step: use --phase=joint and a model "
+                         "with the domain separation (A, B or C)")
     if config.width != 1.0 or config.crop < 128:
-        sys.exit("error: --compare=torch needs --width=1.0 and --crop >= 128 (ADLD's networks "
-                 "have one width, and its domain discriminators need feature maps of 32 or more)")
+        raise ValueError("--compare=torch needs --width=1.0 and --crop >= 128 (ADLD's networks "
+                         "have one width, and its domain discriminators need feature maps of 32 "
+                         "or more)")
     if device == "auto":
         device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"error: --torch_device=cuda, but PyTorch {torch.__version__} sees no CUDA device")
+        raise ValueError(f"--torch_device=cuda, but PyTorch {torch.__version__} sees no CUDA "
+                         "device")
     torch.set_num_threads(threads)
     # cuDNN picks its fastest algorithm per shape, as XLA's autotuner does for audjax.
     torch.backends.cudnn.benchmark = True
@@ -186,34 +166,28 @@ def torch_step(config: Config, batch, threads: int, device: str):
     return lambda: step(src, tgt), device
 
 
-def main(argv):
-    del argv
-    # Side by side, PyTorch's step churns memory between audjax's steps; keeping freed memory
-    # in the process (hostmem.KEEP_FREED) times audjax's step as it runs in training.
-    hostmem.tune_malloc(keep_freed=FLAGS.compare == "torch")
-    config = Config(phase=FLAGS.phase, model=FLAGS.model, crop=FLAGS.crop, width=FLAGS.width,
-                    batch_size=FLAGS.batch, pretrain_batch_size=FLAGS.batch,
-                    compute_dtype=FLAGS.compute_dtype, mesh_data=FLAGS.mesh_data)
-    config.validate()
+def measure_step(config: Config, *, batch: int, steps: int = 5, warmup: int = 1,
+                 matmul: int = 2048, compare: str = "", torch_device: str = "auto",
+                 pipeline_workers: int | None = None, pipeline_steps: int = 50) -> dict:
+    """Every figure of the module doc for `config`'s step on random batches of `batch` per
+    domain, printing them as they come; `pipeline_workers` None leaves the pipeline out."""
     mesh = parallel.make_mesh(config)
     parallel.check_batch_sizes(config, mesh)
-    if FLAGS.steps < 1 or FLAGS.warmup < 0:
-        sys.exit("error: --steps must be >= 1 and --warmup >= 0")
     threads = cpu_count()
-    batch = random_batch(config, FLAGS.batch)
+    inputs = random_batch(config, batch)
     fns = {}
-    if FLAGS.compare == "torch":
-        fns["torch"], torch_device = torch_step(config, batch, threads, FLAGS.torch_device)
-    fns["audjax"], compile_s, flops = audjax_step(config, batch, mesh)
-    times = time_interleaved(fns, FLAGS.steps, FLAGS.warmup)
-    peak = matmul_flops_per_s(FLAGS.matmul)
+    if compare == "torch":
+        fns["torch"], torch_device = torch_step(config, inputs, threads, torch_device)
+    fns["audjax"], compile_s, flops = audjax_step(config, inputs, mesh)
+    times = time_interleaved(fns, steps, warmup)
+    peak = matmul_flops_per_s(matmul)
 
     step_s = statistics.median(times["audjax"])
     counted = not np.isnan(flops)
     two_streams = config.phase == "joint" and config.model != "source_only"
-    images_per_step = FLAGS.batch * (2 if two_streams else 1)
+    images_per_step = batch * (2 if two_streams else 1)
     r = {
-        "pairs_per_s": FLAGS.batch / step_s,
+        "pairs_per_s": batch / step_s,
         "images_per_s": images_per_step / step_s,
         "step_s": step_s,
         "step_s_each": times["audjax"],
@@ -223,9 +197,9 @@ def main(argv):
         "matmul_flops_per_s": peak,
         "fraction_of_matmul": flops / step_s / peak if counted else None,
         "config": {"phase": config.phase, "model": config.model, "crop": config.crop,
-                   "width": config.width, "batch": FLAGS.batch,
-                   "compute_dtype": config.compute_dtype, "steps": FLAGS.steps,
-                   "warmup": FLAGS.warmup, "devices": mesh.size},
+                   "width": config.width, "batch": batch,
+                   "compute_dtype": config.compute_dtype, "steps": steps,
+                   "warmup": warmup, "devices": mesh.size},
         "machine": {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
                     "cpu": cpu_name(), "cores": threads, "jax": jax.__version__,
                     **hostmem.describe()},
@@ -235,23 +209,23 @@ def main(argv):
           f"CPU {r['machine']['cpu']}, {threads} cores; huge pages "
           f"{r['machine']['huge_pages']}; freed memory {r['machine']['freed_memory']}")
     print(f"{config.phase} step, model {config.model}, crop {config.crop}, width {config.width}, "
-          f"batch {FLAGS.batch} per domain, {config.compute_dtype}; compile {compile_s:.1f} s; "
-          f"median of {FLAGS.steps} steps after {FLAGS.warmup}")
+          f"batch {batch} per domain, {config.compute_dtype}; compile {compile_s:.1f} s; "
+          f"median of {steps} steps after {warmup}")
     print(f"audjax: {step_s:.3f} s/step = {r['pairs_per_s']:.2f} pairs/s "
           f"({r['images_per_s']:.1f} images/s)")
     if counted:
         print(f"{flops / 1e9:.1f} GFLOP/step -> {r['flops_per_s'] / 1e9:.1f} GFLOP/s; baseline: "
-              f"{FLAGS.matmul}^2 float32 matmul {peak / 1e9:.1f} GFLOP/s; step / matmul = "
+              f"{matmul}^2 float32 matmul {peak / 1e9:.1f} GFLOP/s; step / matmul = "
               f"{r['fraction_of_matmul']:.2f}")
     else:
         print(f"FLOPs not counted on {jax.default_backend()} (XLA's cost analysis there leaves "
-              f"out cuDNN and cuBLAS); {FLAGS.matmul}^2 float32 matmul {peak / 1e9:.1f} GFLOP/s")
+              f"out cuDNN and cuBLAS); {matmul}^2 float32 matmul {peak / 1e9:.1f} GFLOP/s")
 
     if "torch" in times:
         import torch
 
         torch_s = statistics.median(times["torch"])
-        r.update(torch_pairs_per_s=FLAGS.batch / torch_s, torch_step_s=torch_s,
+        r.update(torch_pairs_per_s=batch / torch_s, torch_step_s=torch_s,
                  torch_step_s_each=times["torch"], torch_threads=torch.get_num_threads(),
                  torch_device=torch_device, torch_version=torch.__version__,
                  speedup_vs_torch=torch_s / step_s)
@@ -261,22 +235,31 @@ def main(argv):
               f"{torch_s:.3f} s/step = {r['torch_pairs_per_s']:.2f} pairs/s")
         print(f"audjax / PyTorch = {r['speedup_vs_torch']:.2f}x (pairs/s)")
 
-    if FLAGS.pipeline:
+    if pipeline_workers is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            lists = pipeline.synthetic_lists(tmp, 8 * FLAGS.batch,
-                                             num_aus=len(config.au_names))
-            p = pipeline.measure(lists, tmp, crop=config.crop, batch_size=FLAGS.batch,
-                                 workers=FLAGS.workers, steps=FLAGS.pipeline_steps, warmup=5)
-        r.update(pipeline_images_per_s=p["images_per_s"], pipeline_workers=FLAGS.workers,
+            lists = pipeline.synthetic_lists(tmp, 8 * batch, num_aus=len(config.au_names))
+            p = pipeline.measure(lists, tmp, crop=config.crop, batch_size=batch,
+                                 workers=pipeline_workers, steps=pipeline_steps, warmup=5)
+        r.update(pipeline_images_per_s=p["images_per_s"], pipeline_workers=pipeline_workers,
                  pipeline_over_step=p["images_per_s"] / r["images_per_s"])
-        print(f"pipeline (one stream, {FLAGS.workers} workers, 200x200 JPEGs, crop "
+        print(f"pipeline (one stream, {pipeline_workers} workers, 200x200 JPEGs, crop "
               f"{config.crop}): {p['images_per_s']:.0f} images/s = "
               f"{r['pipeline_over_step']:.1f}x what the step consumes")
-
-    if FLAGS.json:
-        atomic_write(FLAGS.json, json.dumps(r, indent=2) + "\n")
-        print(f"wrote {FLAGS.json}")
+    return r
 
 
-if __name__ == "__main__":
-    app.run(main)
+def write_json(path, figures: dict) -> None:
+    atomic_write(path, json.dumps(figures, indent=2) + "\n")
+
+
+def measure_pipeline(lists, data_root, *, crop: int, batch: int, workers: int, threads: int,
+                     steps: int, warmup: int) -> dict:
+    """Time one training stream of `lists` (`pipeline.measure`) and print its figures."""
+    result = pipeline.measure(lists, data_root, crop=crop, batch_size=batch, workers=workers,
+                              threads=threads, steps=steps, warmup=warmup)
+    mode = f"workers {workers}" if workers else f"in-process, threads {threads}"
+    print(f"images {len(lists.paths)}  crop {crop}  batch {batch}  {mode}  cpus {os.cpu_count()}")
+    print(f"startup + {warmup} warm-up batches: {result['startup_s']:.2f} s")
+    print(f"{steps} batches -> {result['images_per_s']:.0f} images/s "
+          f"(float32 images of {crop}x{crop}x3)")
+    return result

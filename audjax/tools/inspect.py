@@ -1,4 +1,4 @@
-"""Describe a checkpoint without reading its arrays: `python -m audjax.tools.inspect PATH [--json]`.
+"""Describe a checkpoint without reading its arrays (`audjax inspect PATH [--json]`).
 
 PATH is a run directory (its best checkpoint is described), a manager directory
 (`RUN/checkpoints`: its latest step) or a step directory. Everything comes from Orbax's metadata
@@ -12,11 +12,9 @@ parameter counts, with totals per parameter group (`state.GROUPS`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -184,26 +182,3 @@ def format_text(d: dict) -> str:
     lines.append("groups       " + ", ".join(f"{g} {n:,}" for g, n in d["groups"].items()))
     return "\n".join(lines)
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m audjax.tools.inspect",
-        description="Describe a checkpoint from its metadata, without reading its arrays.")
-    parser.add_argument("path", help="a run directory (its best checkpoint), RUN/checkpoints "
-                                     "(the latest) or a checkpoint step directory")
-    parser.add_argument("--json", action="store_true", help="print the description as JSON")
-    args = parser.parse_args(argv)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about optional metadata files
-    try:
-        description = describe(args.path)
-    except (OSError, ValueError) as e:
-        print(f"error: {args.path}: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(description, indent=2) if args.json else format_text(description))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,4 @@
-"""Training curves and per-AU F1 of one or more runs:
-`python -m audjax.tools.plot RUN... --out FIG.png`.
+"""Training curves and per-AU F1 of one or more runs (`audjax plot RUN... --out FIG.png`).
 
 From each run's `metrics.jsonl`: the loss terms (unweighted), the weighted total L_all, the
 discriminator losses, the validation mean F1 and the landmark NME against the step; from each
@@ -10,10 +9,8 @@ RUN/pretrain, RUN/joint) stands for those sub-folders. Needs matplotlib (extra `
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 from audjax.files import atomic_write
@@ -146,23 +143,3 @@ def save_figure(fig, out):
     fig.savefig(buffer, format=Path(out).suffix.lstrip(".") or "png", dpi=100)
     atomic_write(out, buffer.getvalue())
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audjax.tools.plot",
-                                     description="Training curves and per-AU F1 of runs.")
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    parser.add_argument("--out", required=True, help="the figure (.png, .pdf, .svg)")
-    parser.add_argument("--split", default="target_test",
-                        help="results.json split of the per-AU F1 bars")
-    args = parser.parse_args(argv)
-    try:
-        runs = plot_runs(args.runs, args.out, args.split)
-    except (FileNotFoundError, ImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.out}: {len(runs)} runs ({', '.join(map(str, runs))})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
