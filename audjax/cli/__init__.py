@@ -32,7 +32,7 @@ def usage() -> str:
     lines = ["usage: audjax <verb> [flags]   (audjax <verb> --help: that verb's flags)", "",
              "verbs:"]
     lines += [f"  {verb:<{width}}  {text}" for verb, text in VERBS.items()]
-    lines += ["", "Training: python -m experiments.run --flagfile=experiments/quickstart.flags"]
+    lines += ["", "Training: python -m experiments.run --flagfile=quickstart.flags (README.md)"]
     return "\n".join(lines) + "\n"
 
 
