@@ -3,13 +3,16 @@
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 
 from audjax.data import synth
+from audjax.data.align import align_face
 from audjax.data.lists import read_lists
-from audjax.labels import au_weights
-from audjax.landmarks import AU_NAMES, LEFT_EYE, RIGHT_EYE
+from audjax.data.synth.scene import BOX_ENLARGE
+from audjax.labels import UNKNOWN, au_weights
+from audjax.landmarks import AU_NAMES, LEFT_EYE, LEFT_EYE_68, RIGHT_EYE, RIGHT_EYE_68, select_49
 
 SIZE = 72  # aligned side for a 64 crop, as in quick CPU runs
 SIZES = {split: 24 for split in synth.SPLITS}
@@ -50,7 +53,7 @@ def test_lists_are_valid_and_labels_sane(dataset):
         assert len(lists) == SIZES[split]
         assert lists.au.shape == (SIZES[split], len(AU_NAMES))
         if split == "target_train":
-            assert (lists.au == 999).all()
+            assert (lists.au == UNKNOWN).all()
         else:
             assert np.isin(lists.au, (0, 1)).all()
         # Every landmark inside the aligned image, the eyes level (alignment's rotation).
@@ -76,7 +79,8 @@ def test_synthau_json_and_ensure_cache(dataset):
 
 def test_label_rates_and_co_occurrence():
     for domain in ("source", "target"):
-        labels = synth.sample_labels(0, domain, 4000)
+        labels = synth.occurrence(
+            synth.sample_intensities(np.random.default_rng(0), domain, 4000))
         rates = labels.mean(0)
         np.testing.assert_allclose(rates, synth.AU_RATES[domain], atol=0.03)
         assert (rates > 0.07).all()
@@ -137,17 +141,27 @@ def test_au_geometry_moves_landmarks_as_facs_says():
         np.testing.assert_allclose(lm[[61, 62, 63], 1], lm[[67, 66, 65], 1], atol=1e-9)
 
 
-def test_render_matches_plan_and_labels():
-    sample = synth.render(7, "source_val", 4, SIZE)
-    assert sample.image.shape == (synth.raw_size(SIZE),) * 2 + (3,)
-    np.testing.assert_array_equal(sample.landmarks, synth.raw_landmarks(7, "source_val", 4, SIZE))
-    np.testing.assert_array_equal(sample.labels, synth.occurrence(sample.intensity))
-    again = synth.render(7, "source_val", 4, SIZE)
+def test_generate_writes_what_render_draws(dataset):
+    """A written image (byte for byte), its landmarks and its labels are those of `render`,
+    aligned."""
+    root = dataset[0]
+    for split in ("source_val", "target_test"):
+        lists = read_lists(root / "list" / split)
+        for i in range(3):
+            sample = synth.render(3, split, i, SIZE)
+            assert sample.image.shape == (synth.raw_size(SIZE),) * 2 + (3,)
+            np.testing.assert_array_equal(sample.labels, synth.occurrence(sample.intensity))
+            np.testing.assert_array_equal(lists.au[i], sample.labels)
+            aligned, landmarks = align_face(sample.image, sample.landmarks, SIZE, BOX_ENLARGE)
+            np.testing.assert_allclose(lists.landmarks[i], select_49(landmarks), atol=1e-3)
+            _, encoded = cv2.imencode(".jpg", aligned)
+            assert encoded.tobytes() == (root / lists.paths[i]).read_bytes()
+    again = synth.render(3, "target_test", 2, SIZE)
     np.testing.assert_array_equal(sample.image, again.image)
 
 
 def _roll_degrees(landmarks68):
-    left, right = (landmarks68[synth.LEFT_EYE_68].mean(0), landmarks68[synth.RIGHT_EYE_68].mean(0))
+    left, right = landmarks68[LEFT_EYE_68].mean(0), landmarks68[RIGHT_EYE_68].mean(0)
     return math.degrees(math.atan2(right[1] - left[1], right[0] - left[0]))
 
 
