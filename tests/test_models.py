@@ -168,13 +168,15 @@ def branch_variables(v, k, c):
     return {"params": params, "batch_stats": stats}
 
 
-@pytest.mark.parametrize("grouped", [True, False])
-def test_au_branches_batched_equal_separate(grouped):
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+def test_au_branches_batched_equal_separate(cpu_kernels, monkeypatch):
     """E_au as one grouped network gives what six separately applied branches give, in
-    training (batch statistics, and their running averages) and in evaluation."""
+    training (batch statistics, and their running averages) and in evaluation, with the CPU
+    kernels (groups as separate convolutions) and without (XLA's grouped convolution)."""
+    monkeypatch.setattr(models.cpu_conv, "ENABLED", cpu_kernels)
     c = 16
     f = features(8, c=c)
-    det = models.AUDetector(width=0.25, num_aus=K, grouped=grouped)
+    det = models.AUDetector(width=0.25, num_aus=K)
     v = det.init(jax.random.PRNGKey(1), f)
     v["params"] = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(KEY, x.shape), v["params"])
     v["batch_stats"] = jax.tree.map(
@@ -193,127 +195,6 @@ def test_au_branches_batched_equal_separate(grouped):
                 for a, b in zip(jax.tree.leaves(got["batch_stats"]),
                                 jax.tree.leaves(ok_stats["batch_stats"]), strict=True):
                     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_grouped_conv_gradients_equal_xla_grouped_conv():
-    """GroupedConv3's per-group form (CPU) has the gradients of XLA's grouped convolution
-    (`feature_group_count`), for the input and the kernel."""
-    x = jax.random.normal(KEY, (2, 6, 5, 3 * 4))
-    conv = {g: models.networks.GroupedConv3(3, 2, grouped=g) for g in (True, False)}
-    v = conv[True].init(KEY, x)
-    v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(KEY, a.shape), v)
-    cot = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 5, 3 * 2))
-    grads = {g: jax.grad(lambda v, x, c=c: jnp.sum(c.apply(v, x) * cot), (0, 1))(v, x)
-             for g, c in conv.items()}
-    for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def assert_conv_matches_xla(ours, x, kernel, strides, padding, out_tol, grad_tol):
-    """ours(x, kernel) gives lax.conv_general_dilated's output (NHWC x HWIO) and both its
-    gradients, under a non-constant cotangent, to the given tolerances."""
-    def xla(x, k):
-        return jax.lax.conv_general_dilated(x, k, strides, padding,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=out_tol, atol=out_tol)
-    got, want = (jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, kernel)
-                 for f in (ours, xla))
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=grad_tol, atol=grad_tol)
-
-
-@pytest.mark.parametrize("window, strides, padding", [
-    ((3, 3), (1, 1), ((1, 1), (1, 1))), ((4, 4), (2, 2), ((1, 1), (1, 1))),
-    ((4, 4), (2, 2), ((0, 0), (0, 0))), ((1, 1), (1, 1), ((0, 0), (0, 0))),
-    ((7, 7), (1, 1), ((3, 3), (3, 3))), ((3, 3), (2, 2), ((0, 1), (2, 0)))])
-def test_conv_kernel_gradient_as_matmul_equals_xla(window, strides, padding):
-    """The convolution whose kernel gradient is im2col + one matmul gives
-    lax.conv_general_dilated's outputs and both its gradients, for any window and stride."""
-    x = jax.random.normal(KEY, (2, 9, 11, 5))
-    kernel = jax.random.normal(jax.random.PRNGKey(1), (*window, 5, 3))
-    assert_conv_matches_xla(lambda x, k: models.layers._conv(x, k, strides, padding),
-                            x, kernel, strides, padding, out_tol=1e-6, grad_tol=1e-5)
-
-
-@pytest.mark.parametrize("form", ["_winograd_conv", "_winograd_conv_f4"])
-@pytest.mark.parametrize("shape", [(2, 8, 10, 16), (1, 7, 5, 3), (3, 1, 2, 4), (1, 9, 6, 2)])
-def test_winograd_conv3x3_equals_xla(form, shape):
-    """Winograd F(2x2, 3x3) and F(4x4, 3x3) give the direct convolution's output and both
-    gradients (float64, so that only the algorithm can differ), also for maps that the tile
-    size does not divide and for tiny ones."""
-    with jax.enable_x64():
-        x = jax.random.normal(KEY, shape, jnp.float64)
-        kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[-1], 5), jnp.float64)
-        assert_conv_matches_xla(getattr(models.layers, form), x, kernel, (1, 1),
-                                ((1, 1), (1, 1)), out_tol=1e-12, grad_tol=1e-12)
-
-
-def test_winograd_tile_size_by_channels():
-    """F(4x4) for the paper's 64- and 128-channel layers, F(2x2) for fewer input channels and
-    for E_au's 64 -> 384 layer; `winograd_conv3x3` runs the form chosen (float64 results)."""
-    layers = models.layers
-    for cin, cout, want in [(64, 64, layers.F4), (64, 49, layers.F4), (65, 128, layers.F4),
-                            (128, 128, layers.F4), (128, 64, layers.F4), (64, 384, layers.F2),
-                            (32, 64, layers.F2), (32, 32, layers.F2), (8, 32, layers.F2)]:
-        assert layers._winograd_tiles((3, 3, cin, cout)) is want, (cin, cout)
-    with jax.enable_x64():
-        x = jax.random.normal(KEY, (1, 6, 6, 64), jnp.float64)
-        kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 64, 64), jnp.float64)
-        np.testing.assert_array_equal(layers.winograd_conv3x3(x, kernel),
-                                      layers._winograd_conv_f4(x, kernel))
-
-
-@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 7, 5, 2), (1, 1, 2, 1)])
-def test_winograd_input_transpose_is_the_transpose(shape):
-    """The input gradient's path, checked on its own against JAX's transpose of the forward
-    input transform: <B^T d B, dv> summed over tiles equals <d, transpose(dv)> for every d, dv."""
-    layers = models.layers
-    with jax.enable_x64():
-        x = jax.random.normal(KEY, shape, jnp.float64)
-        v = layers._winograd_input(x)
-        dv = [jax.random.normal(jax.random.PRNGKey(i), vi.shape, jnp.float64)
-              for i, vi in enumerate(v)]
-        (want,) = jax.linear_transpose(layers._winograd_input, x)(dv)
-        got = layers._winograd_input_transpose(dv, shape[:3])
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-
-
-def test_conv_uses_the_matmul_kernel_gradient_where_it_pays(monkeypatch):
-    pays = models.layers._matmul_pays
-    same = ((1, 1), (1, 1))
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert not pays((16, 44, 44, 64), (3, 3, 64, 64), (1, 1), same)  # cuDNN's own is fast
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    assert pays((16, 44, 44, 64), (3, 3, 64, 64), (1, 1), same)  # the paper's s = 44 layers
-    assert pays((16, 176, 176, 32), (3, 3, 32, 32), (1, 1), same)  # E_f's second conv
-    assert not pays((16, 16, 16, 32), (3, 3, 32, 32), (1, 1), same)  # crop 64, width 0.25
-    assert not pays((16, 44, 44, 64), (4, 4, 64, 64), (2, 2), same)  # D_s, D_t (strided)
-
-
-def test_conv_takes_winograd_for_large_float32_3x3_layers(monkeypatch):
-    """Which convolutions `conv_general_dilated` hands to Winograd: counted by replacing it."""
-    calls = []
-    monkeypatch.setattr(models.layers, "winograd_conv3x3",
-                        lambda x, k: calls.append(x.shape) or jnp.zeros(x.shape[:3] + k.shape[3:]))
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    same, dims = ((1, 1), (1, 1)), ("NHWC", "HWIO", "NHWC")
-
-    def conv(x_shape, k_shape, padding=same, dtype=jnp.float32):
-        x, k = jnp.zeros(x_shape, dtype), jnp.zeros(k_shape, dtype)
-        jax.eval_shape(lambda: models.layers.conv_general_dilated(
-            x, k, (1, 1), padding, dimension_numbers=dims))
-        return len(calls)
-
-    assert conv((16, 176, 176, 32), (3, 3, 32, 32)) == 1  # E_f's second conv
-    assert conv((16, 44, 44, 64), (3, 3, 64, 64)) == 2  # the paper's s = 44 layers
-    assert conv((16, 176, 176, 3), (3, 3, 3, 32)) == 2  # 3 input channels: the matmul path
-    assert conv((16, 176, 176, 8), (3, 3, 8, 32)) == 3
-    assert conv((16, 16, 16, 32), (3, 3, 32, 32)) == 3  # crop 64, width 0.25: XLA's
-    assert conv((16, 44, 44, 64), (3, 3, 64, 64), dtype=jnp.bfloat16) == 3
-    assert conv((16, 44, 44, 64), (3, 3, 64, 64), padding=((0, 0), (0, 0))) == 3
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert conv((16, 44, 44, 64), (3, 3, 64, 64)) == 3  # cuDNN picks its own algorithm
 
 
 def test_projector_starts_as_identity():

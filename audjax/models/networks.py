@@ -22,7 +22,6 @@ parameters stay float32 (Flax's `param_dtype`), norm statistics are computed in 
 outputs are float32 (`at_least_f32`), so every loss and every softmax reads float32.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from audjax.landmarks import NUM_LANDMARKS
+from audjax.models import cpu_conv
 from audjax.models.layers import (
     CBAM,
     PRELU_INIT,
@@ -40,7 +40,6 @@ from audjax.models.layers import (
     channels,
     conv,
     conv3,
-    conv_general_dilated,
     conv_stack,
     identity_kernel_init,
     instance_norm,
@@ -144,7 +143,7 @@ class LandmarkEncoder(nn.Module):
     @nn.compact
     def __call__(self, features, train: bool = False):
         c = feature_channels(self.width)
-        x = conv_stack(features, (c, c, c, c), "instance", dtype=self.dtype)
+        x = conv_stack(features, (c, c, c, c), dtype=self.dtype)
         logits = conv3(self.num_landmarks, "conv4", self.dtype)(jnp.tanh(x))
         logits = at_least_f32(logits)
         return spatial_softmax(logits), logits
@@ -159,7 +158,7 @@ class BackgroundEncoder(nn.Module):
     @nn.compact
     def __call__(self, features, train: bool = False):
         c = feature_channels(self.width)
-        x = conv_stack(features, (c, c, c, c), "instance", dtype=self.dtype)
+        x = conv_stack(features, (c, c, c, c), dtype=self.dtype)
         return jnp.tanh(at_least_f32(x))
 
 
@@ -174,7 +173,7 @@ class FeatureGenerator(nn.Module):
     def __call__(self, attention, background, train: bool = False):
         c64, c128 = feature_channels(self.width), channels(128, self.width)
         x = jnp.concatenate([jnp.sum(attention, axis=-1, keepdims=True), background], axis=-1)
-        x = conv_stack(x, (c128, c128, c64, c64, c64), "instance", dtype=self.dtype)
+        x = conv_stack(x, (c128, c128, c64, c64, c64), dtype=self.dtype)
         return jnp.tanh(at_least_f32(x))
 
 
@@ -189,7 +188,7 @@ class LandmarkDiscriminator(nn.Module):
     def __call__(self, background, train: bool = False):
         c = feature_channels(self.width)
         feats = (c, c, c, c, self.num_landmarks)
-        x = conv_stack(background, feats, "instance", last_plain=True, dtype=self.dtype)
+        x = conv_stack(background, feats, last_plain=True, dtype=self.dtype)
         return at_least_f32(x)
 
 
@@ -225,18 +224,14 @@ class GroupedConv3(nn.Module):
     Input (B, H, W, K*C_in) holds group k in channels [k*C_in, (k+1)*C_in); kernel
     (3, 3, C_in, K*C_out) holds group k's kernel in output channels [k*C_out, (k+1)*C_out).
     With `shared_input` the input is (B, H, W, C_in) and every group reads all of it (one plain
-    conv with K*C_out outputs).
-
-    XLA's GPU backends run a grouped convolution as one kernel; XLA:CPU lowers it about 20x
-    slower than K plain convolutions (measured at the paper's size), so on CPU the groups are
-    computed as K plain convolutions inside the same compiled program. Variables and results
-    are the same either way (`grouped` forces one form; None picks by backend).
+    conv with K*C_out outputs). The grouped convolution is `feature_group_count=K`; where
+    `cpu_conv` is on, it computes the groups as K plain convolutions, which XLA:CPU runs much
+    faster than its grouped one.
     """
 
     groups: int
     features: int  # per group
     shared_input: bool = False
-    grouped: bool | None = None
     dtype: Any = None
 
     @nn.compact
@@ -247,21 +242,10 @@ class GroupedConv3(nn.Module):
                             (3, 3, cin, k * self.features))
         bias = self.param("bias", nn.initializers.zeros, (k * self.features,))
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        conv_fn = functools.partial(conv_general_dilated, window_strides=(1, 1),
-                                    padding=((1, 1), (1, 1)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        grouped = self.grouped if self.grouped is not None else jax.default_backend() != "cpu"
-        if self.shared_input:
-            y = conv_fn(x, kernel)
-        elif grouped:
-            y = conv_fn(x, kernel, feature_group_count=k)
-        else:
-            # jnp.split, not slices: the gradient of a slice pads it back to K*C_in channels
-            # and sums the K padded gradients, which XLA:CPU fuses into the Winograd
-            # input-gradient transforms; split's gradient is a concatenation
-            # (docs/performance.md "How the CPU step is made fast").
-            y = jnp.concatenate([conv_fn(xg, kg) for xg, kg in zip(
-                jnp.split(x, k, axis=-1), jnp.split(kernel, k, axis=-1), strict=True)], axis=-1)
+        y = cpu_conv.conv_general_dilated(
+            x, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=1 if self.shared_input else k)
         return y + bias
 
 
@@ -291,7 +275,6 @@ class AUDetector(nn.Module):
 
     width: float = 1.0
     num_aus: int = 6
-    grouped: bool | None = None
     dtype: Any = None
 
     @nn.compact
@@ -299,8 +282,7 @@ class AUDetector(nn.Module):
         k, c = self.num_aus, feature_channels(self.width)
         x = features
         for i in range(4):
-            x = GroupedConv3(k, c, shared_input=i == 0, grouped=self.grouped, dtype=self.dtype,
-                             name=f"conv{i}")(x)
+            x = GroupedConv3(k, c, shared_input=i == 0, dtype=self.dtype, name=f"conv{i}")(x)
             if i < 3:
                 x = batch_norm(train, f"bn{i}", self.dtype)(x)
                 x = GroupedPReLU(k, name=f"prelu{i}")(x)
