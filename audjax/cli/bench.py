@@ -1,6 +1,7 @@
 """audjax bench: time the training step (--what=step: pairs/s, FLOP/s against a matmul, ADLD's
 PyTorch step with --compare=torch, the input pipeline) or the input pipeline alone
-(--what=pipeline, on --prefix lists or --synthetic=N generated JPEGs); `audjax.tools.bench`.
+(--what=pipeline, on --prefix lists or --synthetic=N generated JPEGs). The library is
+`audjax.tools.bench`.
 
     audjax bench                                  # model A at the paper's shapes
     audjax bench --compare=torch --json=a.json    # and ADLD's PyTorch step
