@@ -22,18 +22,24 @@ def mesh_of(n):
     return parallel.make_mesh(CONFIG.replace(mesh_data=n))
 
 
+def assert_leaves_close(got, want, rtol, atol, what):
+    """Each leaf of `got` against the same leaf of `want`, named by its path on failure."""
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want),
+                            strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol,
+                                   err_msg=f"{what}{jax.tree_util.keystr(path)}")
+
+
+def largest(tree) -> float:
+    return max(float(np.max(np.abs(x))) for x in jax.tree.leaves(tree))
+
+
 def assert_trees_close(got, want, what):
     """float32 agreement, leaf by leaf: a sum over a batch split over devices adds up in another
     order than on one device, an error of about 1e-6 of the sum's terms. The absolute tolerance
     is relative to the largest value of the whole tree, because a gradient that is zero up to
     rounding (of a conv bias before batch norm) is that rounding error alone."""
-    flat_got = jax.tree_util.tree_leaves_with_path(got)
-    flat_want = [np.asarray(x) for x in jax.tree.leaves(want)]
-    assert len(flat_got) == len(flat_want)
-    scale = max(float(np.max(np.abs(x))) for x in flat_want)
-    for (path, a), b in zip(flat_got, flat_want, strict=True):
-        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5 * scale,
-                                   err_msg=f"{what}{jax.tree_util.keystr(path)}")
+    assert_leaves_close(got, want, 1e-4, 1e-5 * largest(want), what)
 
 
 LR, EPS, B1, B2 = 1e-3, 0.1, 0.9, 0.999
@@ -54,20 +60,13 @@ def assert_first_step_agrees(four, one):
         for net in adam.mu:
             g, g4 = (jax.tree.map(lambda m: np.asarray(m) / (1 - B1), a.mu[net])
                      for a in (adam, adam4))
-            scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(g))
+            scale = largest(g)
             tol = GRAD_TOL * scale
-            for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g4),
-                                    jax.tree.leaves(g), strict=True):
-                np.testing.assert_allclose(a, b, rtol=1e-4, atol=tol,
-                                           err_msg=f"gradient {net}{jax.tree_util.keystr(path)}")
-            for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(adam4.nu[net]),
-                                    jax.tree.leaves(adam.nu[net]), strict=True):
-                np.testing.assert_allclose(a, b, rtol=1e-4, atol=(1 - B2) * 2 * tol * scale,
-                                           err_msg=f"nu {net}{jax.tree_util.keystr(path)}")
-            for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(four.params[net]),
-                                    jax.tree.leaves(one.params[net]), strict=True):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=LR / EPS * tol + 1e-7,
-                                           err_msg=f"params {net}{jax.tree_util.keystr(path)}")
+            assert_leaves_close(g4, g, 1e-4, tol, f"gradient {net}")
+            assert_leaves_close(adam4.nu[net], adam.nu[net], 1e-4, (1 - B2) * 2 * tol * scale,
+                                f"nu {net}")
+            assert_leaves_close(four.params[net], one.params[net], 1e-5, LR / EPS * tol + 1e-7,
+                                f"params {net}")
 
 
 @pytest.mark.parametrize("phase", ["pretrain", "joint"])
