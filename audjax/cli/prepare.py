@@ -3,6 +3,9 @@
 Every image under --images gets its landmarks from --landmarks (else from dlib with --annotate),
 is aligned and written to OUT/images/NAME/; the lists go to OUT/list/NAME_*.txt. Re-running
 only processes what changed.
+
+`audjax prepare bp4d|disfa|emotionet RAW --out DATA` imports a data set as shipped instead
+(`audjax prepare bp4d --help`: its flags; audjax.cli.releases).
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ flags.DEFINE_enum("format", "keep", ["keep", "png", "jpg"],
 
 
 def main(argv) -> int:
+    from audjax.cli import releases
+
+    if argv and argv[0] in releases.DOCS:  # a release importer, with its own flags
+        return releases.main(argv[0], argv[1:])
     parse(FLAGS, argv, "prepare", USAGE, __doc__)
     f = FLAGS
     if not f.landmarks and not f.annotate:
