@@ -140,7 +140,7 @@ def build_splits(frames_dir, labels_dir, *, split="adld", aus=PAPER_AUS,
     for role in ("train", "val", "test"):
         if not subjects[role]:
             continue
-        absent = [s for s in subjects[role] if s not in by_subject]
+        absent = sorted(s for s in subjects[role] if s not in by_subject)
         if len(absent) == len(subjects[role]):
             raise ValueError(f"{labels_dir}: no label CSV of any {role} subject "
                              f"({' '.join(subjects[role])})")
