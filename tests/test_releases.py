@@ -372,6 +372,18 @@ def test_emotionet_strip_prefix_and_table_errors(tmp_path):
     with pytest.raises(ValueError, match="--url_to_file 'path': expected basename or strip"):
         emotionet.url_mapper("path", raw)
 
+    # Labelled images inside the unlabelled folder stay out of the training set.
+    both = tmp_path / "both.csv"
+    both.write_text(f"{EMOTIONET_HEADER}\n" + "".join(
+        f"http://example.com/photos/batch{i}/u{i}.jpg,o,1,1,1,1,1,1,1\n" for i in (0, 1)))
+    splits, _ = emotionet.build_splits(both, raw / "unlabelled", raw / "unlabelled",
+                                       url_to_file="strip:http://example.com/photos/",
+                                       train_size=0)
+    assert [i.name for i in splits[0].items] == ["batch0/u2.jpg", "batch0/u4.jpg",
+                                                 "batch1/u3.jpg"]
+    assert sorted(i.name for s in splits[1:] for i in s.items) == ["batch0/u0.jpg",
+                                                                   "batch1/u1.jpg"]
+
     table = raw / "labels.csv"
     with pytest.raises(ListError, match=f"{table}:1: no column AU 9, AU 10 in the header"):
         emotionet.read_table(table, (1, 9, 10))

@@ -133,12 +133,15 @@ def url_mapper(spec: str, images_dir, exclude=None) -> Callable[[str], Path | No
     if spec == "basename":
         skip = None if exclude is None else Path(exclude).resolve()
         by_name: dict[str, Path] = {}
-        for path in sorted(images_dir.rglob("*")):
-            if path.is_file() and (skip is None or not path.resolve().is_relative_to(skip)):
-                if path.name in by_name:
-                    raise ValueError(f"--url_to_file=basename: {path} and {by_name[path.name]} "
+        for folder, dirs, files in os.walk(images_dir):
+            # Pruned, not filtered: the unlabelled folder may hold a million images.
+            dirs[:] = sorted(d for d in dirs if Path(folder, d).resolve() != skip)
+            for file in sorted(files):
+                path = Path(folder, file)
+                if file in by_name:
+                    raise ValueError(f"--url_to_file=basename: {path} and {by_name[file]} "
                                      "have the same name; use --url_to_file=strip:PREFIX")
-                by_name[path.name] = path
+                by_name[file] = path
         return lambda url: by_name.get(unquote(PurePosixPath(urlsplit(url).path).name))
     if spec.startswith("strip:"):
         prefix = spec.removeprefix("strip:")
@@ -209,8 +212,10 @@ def build_splits(table, images_dir, unlabelled_dir, *, aus=PAPER_AUS, url_to_fil
 
     found = sorted((p.relative_to(unlabelled_dir).as_posix(), p)
                    for p in unlabelled_dir.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and p.resolve() not in labelled_files)
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    inside = unlabelled_dir.resolve()
+    if any(f.is_relative_to(inside) for f in labelled_files):  # --frames overlaps it
+        found = [(rel, p) for rel, p in found if p.resolve() not in labelled_files]
     chosen = sorted(found, key=lambda f: _digest(f[0]))[:train_size or None]
     train = Split(f"{name}_train", items=[RawItem(image=os.fspath(p), name=rel)
                                          for rel, p in sorted(chosen)])
