@@ -160,6 +160,7 @@ def test_bp4d_subject_splits():
     ("2,1,0,0,2,0,0,0,0,0,0,0,0,0,0,0,0", ":3: AU 4: '2' is not 0, 1 or 9"),
     ("x,1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0", ":3: frame number 'x' is not an integer"),
     ("2,1,0", ":3: 3 values, the header has 17"),
+    ("1," + ",".join(["0"] * 16), ":3: frame 1 is already on line 2"),
 ])
 def test_bp4d_bad_csv_names_file_and_line(tmp_path, row, message):
     file = tmp_path / "F001_T1.csv"

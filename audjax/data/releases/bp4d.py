@@ -89,8 +89,8 @@ def find_folders(root, frames=None, labels=None) -> tuple[Path, Path]:
 def read_occurrence(file, aus) -> list[tuple[int, list[int], int]]:
     """The rows of one AU_OCC CSV: (frame number, the labels of `aus` in 1 / 0 / 999, line).
 
-    Raises ListError naming the file and line of a missing column, a bad frame number or a
-    label other than 0, 1 and 9 (only the columns of `aus` are read)."""
+    Raises ListError naming the file and line of a missing column, a bad or repeated frame
+    number or a label other than 0, 1 and 9 (only the columns of `aus` are read)."""
     with open(file, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
@@ -100,7 +100,7 @@ def read_occurrence(file, aus) -> list[tuple[int, list[int], int]]:
         if missing:
             raise ListError(f"{file}:1: no column for AU {', '.join(map(str, missing))}")
         frame_col, cols = header.index("0"), [header.index(str(a)) for a in aus]
-        rows = []
+        rows, seen = [], {}
         for fields in reader:
             line = reader.line_num
             if not any(f.strip() for f in fields):
@@ -113,6 +113,9 @@ def read_occurrence(file, aus) -> list[tuple[int, list[int], int]]:
             except ValueError:
                 raise ListError(f"{file}:{line}: frame number {fields[frame_col]!r} is not an "
                                 "integer") from None
+            if frame in seen:
+                raise ListError(f"{file}:{line}: frame {frame} is already on line {seen[frame]}")
+            seen[frame] = line
             labels = []
             for a, c in zip(aus, cols, strict=True):
                 value = fields[c].strip()
