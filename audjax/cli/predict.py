@@ -38,6 +38,14 @@ flags.DEFINE_boolean("aligned", False, "inputs are faces already aligned as the 
                      flag_values=FLAGS)
 flags.DEFINE_float("min_face_score", 0.5, "dlib detections scoring lower are not faces "
                    "(dlib's cut-off: 0)", flag_values=FLAGS)
+flags.DEFINE_float("min_face", 40, "the smallest face to find, in pixels (larger: faster on "
+                   "large frames)", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_enum("track", "on", ["on", "off"], "on: follow faces through videos (ids that "
+                  "last); off: detect in every frame", flag_values=FLAGS)
+flags.DEFINE_integer("detect_every", 10, "when tracking, run the face detector at least every "
+                     "this many frames", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("workers", 0, "processes for decoding and the face work (0: one per "
+                     "core)", lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_string("overlay", None, "draw face box, landmarks and AU bars on each image into "
                     "this folder", flag_values=FLAGS)
 flags.DEFINE_boolean("overlay_video", False, "with --overlay: one .mp4 per video instead of one "
@@ -52,6 +60,15 @@ flags.DEFINE_integer("bench_batches", 20, "--bench: network calls timed", lower_
                      flag_values=FLAGS)
 flags.DEFINE_integer("bench_count", 20, "--bench: images timed end to end (the inputs "
                      "repeated)", lower_bound=1, flag_values=FLAGS)
+
+
+def front_end_flags(f) -> dict:
+    """The Detector's front-end keyword arguments from the flags."""
+    from audjax.inference.frontend import default_workers
+
+    return {"min_face_score": f.min_face_score, "min_face": f.min_face,
+            "track": f.track == "on", "detect_every": f.detect_every,
+            "workers": f.workers or default_workers()}
 
 
 def main(argv) -> int:
@@ -76,8 +93,7 @@ def main(argv) -> int:
 
     try:
         detector = Detector.from_run(f.run, batch_size=f.batch_size, threshold=f.threshold,
-                                     path=f.path, device=f.device,
-                                     min_face_score=f.min_face_score)
+                                     path=f.path, device=f.device, **front_end_flags(f))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: --run={f.run}: {e}", file=sys.stderr)
         return 2

@@ -30,9 +30,10 @@ the face's number), `face_x`, `face_y`, `face_width`, `face_height` (dlib's box,
 derived from a tracked face's landmarks), `face_score` (dlib's confidence, at a tracked face's
 latest detection), `success` (1 when a face was found and scored), one probability column per
 AU of the run (`AU1` -> `AU01`), `AU01_c` ... (1 when the probability reaches `threshold`), and
-the 49 landmarks `x_0` ... `x_48`, `y_0` ... `y_48` in the input's pixels. A photo or frame without a face gives one row with success 0
-and NaN values. Columns a model cannot fill are absent: phase-1 checkpoints (the landmark net)
-have no AU columns, source-only models no landmark columns.
+the 49 landmarks `x_0` ... `x_48`, `y_0` ... `y_48` in the input's pixels. A photo or frame
+without a face gives one row with success 0 and NaN values. Columns a model cannot fill are
+absent: phase-1 checkpoints (the landmark net) have no AU columns, source-only models no
+landmark columns.
 
 Landmarks come from the landmark head (phase 1, models B and C); a model without one (A) reads
 them off E_l's attention maps (`audjax.inference.paths.attention_landmarks`).
