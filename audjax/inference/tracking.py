@@ -186,7 +186,10 @@ def _patch(grey, points) -> np.ndarray | None:
         matrix = align.alignment_matrix(points, _PATCH)
     except ValueError:
         return None
-    patch = cv2.warpAffine(grey, matrix, (_PATCH, _PATCH), flags=cv2.INTER_AREA)
+    # Edges replicated: a constant border would give a face at the frame's edge, and the empty
+    # frame after it, a shared structure that correlates.
+    patch = cv2.warpAffine(grey, matrix, (_PATCH, _PATCH), flags=cv2.INTER_AREA,
+                           borderMode=cv2.BORDER_REPLICATE)
     patch = patch.astype(np.float32) - patch.mean()
     norm = float(np.linalg.norm(patch))
     return patch / norm if norm > 1e-3 * _PATCH else None
