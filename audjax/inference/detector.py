@@ -109,7 +109,7 @@ class Detector:
 
     def __init__(self, config: Config, phase: str, params: dict, batch_stats: dict, *,
                  batch_size: int = 32, threshold: float = 0.5, path: str = "target",
-                 device=None, min_face_score: float = 0.5, min_face: float = annotate.MIN_FACE,
+                 device=None, min_face_score: float = 0.2, min_face: float = annotate.MIN_FACE,
                  track: bool = True, detect_every: int = 10, workers: int = 1,
                  checkpoint: str | None = None):
         """A detector over given weights; `Detector.from_run` reads them from a checkpoint.
@@ -123,7 +123,8 @@ class Detector:
           path: "target" (in-the-wild faces, the default) or "source" (lab-like faces).
           device: a jax.Device or a platform name ("cpu", "gpu"); default JAX's first device.
           min_face_score: dlib detections scoring below this are not faces (dlib's own cut-off
-            is 0; 0.5 drops weak false detections such as patterns on clothes).
+            is 0; 0.2 drops weak false detections such as patterns on clothes and keeps real
+            faces dlib scores low: docs/performance.md, "Face detection").
           min_face: the smallest face to find, in pixels (`annotate.detect_faces`).
           track: in videos, follow faces from frame to frame (`audjax.inference.tracking`);
             False detects them in every frame.
