@@ -132,7 +132,7 @@ def test_aligned_inputs_match_evaluation(detector, tiny_runs, tmp_path, path):
 @needs_dlib
 def test_astronaut_one_face_landmarks_back_on_the_photo(detector, astronaut_bgr):
     rows = detector.detect([astronaut_bgr[..., ::-1]])  # RGB, as the API takes arrays
-    # dlib's weak second detection (the mission patch, score 0.12) is not a face at 0.5.
+    # dlib's weak second detection (the mission patch, score 0.12) is not a face at 0.2.
     assert len(rows) == 1
     row = rows[0]
     assert row["input"] == "<array 0>" and row["success"] == 1 and row["face_id"] == 0
@@ -265,3 +265,32 @@ def test_device_by_name(tiny_runs):
     assert all(x.devices() == {det.device} for x in jax.tree.leaves(det.params))
     with pytest.raises(ValueError, match="device 'nosuchplatform' is not available"):
         Detector.from_run(tiny_runs["pretrain"], device="nosuchplatform")
+
+
+@needs_dlib
+def test_workers_keep_input_order_and_videos_keep_face_ids(detector, astronaut_bgr, tmp_path):
+    """Two worker processes give exactly the rows of one in-process front end, in input order;
+    in a video with tracking the face keeps face_id 0, and with track=False the rows come from
+    detection in every frame (same faces, same ids here: one face)."""
+    video = cv2.VideoWriter(str(tmp_path / "pan.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10,
+                            (320, 240))
+    for t in range(6):
+        video.write(cv2.warpAffine(astronaut_bgr, np.float32([[1, 0, -100 + 4 * t],
+                                                              [0, 1, -40]]), (320, 240)))
+    video.release()
+    cv2.imwrite(str(tmp_path / "photo.png"), astronaut_bgr)
+    inputs = [tmp_path / "pan.mp4", tmp_path / "photo.png", astronaut_bgr[..., ::-1].copy()]
+    one = detector.detect(inputs)
+    parallel = Detector(detector.config, "joint", detector.params, detector.batch_stats,
+                        batch_size=4, workers=2)
+    two = parallel.detect(inputs)
+    assert [(r["input"], r["frame"], r["face_id"]) for r in two] == [
+        (str(tmp_path / "pan.mp4"), t, 0) for t in range(6)] + [
+        (str(tmp_path / "photo.png"), 0, 0), ("<array 2>", 0, 0)]
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose([a[c] for c in AU_COLUMNS], [b[c] for c in AU_COLUMNS])
+    untracked = Detector(detector.config, "joint", detector.params, detector.batch_stats,
+                         batch_size=4, track=False).detect(inputs[0])
+    assert [r["success"] for r in untracked] == [1] * 6
+    assert [r["face_id"] for r in untracked] == [0] * 6

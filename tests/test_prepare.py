@@ -119,7 +119,8 @@ def test_annotate_records_detections_for_reruns(tmp_path, monkeypatch):
     image, landmarks = random_face(rng)
     calls = []
 
-    def fake_detect(img):
+    def fake_detect(img, min_face):
+        assert min_face == 40  # the default
         calls.append(img.shape)
         return landmarks.astype(np.float32) if img.max() > 0 else None
 

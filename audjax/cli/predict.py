@@ -6,7 +6,7 @@ as a CSV (one row per face; `audjax.inference.batch`).
     audjax predict --bench --crop 176 --width 1.0    # faces/s: network, dlib, both
 
 --bench times a randomly initialised model (INPUTs: images to time end to end; default
-skimage's astronaut).
+skimage's astronaut; a video: frames/s tracked and with detection in every frame, per stage).
 """
 
 from __future__ import annotations
@@ -36,8 +36,16 @@ flags.DEFINE_string("device", None, "cpu or gpu (default: JAX's default device)"
                     flag_values=FLAGS)
 flags.DEFINE_boolean("aligned", False, "inputs are faces already aligned as the training images",
                      flag_values=FLAGS)
-flags.DEFINE_float("min_face_score", 0.5, "dlib detections scoring lower are not faces "
+flags.DEFINE_float("min_face_score", 0.2, "dlib detections scoring lower are not faces "
                    "(dlib's cut-off: 0)", flag_values=FLAGS)
+flags.DEFINE_float("min_face", 40, "the smallest face to find, in pixels (larger: faster on "
+                   "large frames)", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_enum("track", "on", ["on", "off"], "on: follow faces through videos (ids that "
+                  "last); off: detect in every frame", flag_values=FLAGS)
+flags.DEFINE_integer("detect_every", 10, "when tracking, run the face detector at least every "
+                     "this many frames", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("workers", 0, "processes for decoding and the face work (0: one per "
+                     "core)", lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_string("overlay", None, "draw face box, landmarks and AU bars on each image into "
                     "this folder", flag_values=FLAGS)
 flags.DEFINE_boolean("overlay_video", False, "with --overlay: one .mp4 per video instead of one "
@@ -54,6 +62,15 @@ flags.DEFINE_integer("bench_count", 20, "--bench: images timed end to end (the i
                      "repeated)", lower_bound=1, flag_values=FLAGS)
 
 
+def front_end_flags(f) -> dict:
+    """The Detector's front-end keyword arguments from the flags."""
+    from audjax.inference.frontend import default_workers
+
+    return {"min_face_score": f.min_face_score, "min_face": f.min_face,
+            "track": f.track == "on", "detect_every": f.detect_every,
+            "workers": f.workers or default_workers()}
+
+
 def main(argv) -> int:
     inputs = parse(FLAGS, argv, "predict", USAGE, __doc__, positional=(0, None))
     f = FLAGS
@@ -65,7 +82,7 @@ def main(argv) -> int:
         try:
             batch.bench(crop=f.crop, width=f.width, model=f.model, batch_size=f.batch_size,
                         device=f.device, path=f.path, batches=f.bench_batches,
-                        count=f.bench_count, inputs=inputs)
+                        count=f.bench_count, inputs=inputs, front_end=front_end_flags(f))
         except (ImportError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -76,8 +93,7 @@ def main(argv) -> int:
 
     try:
         detector = Detector.from_run(f.run, batch_size=f.batch_size, threshold=f.threshold,
-                                     path=f.path, device=f.device,
-                                     min_face_score=f.min_face_score)
+                                     path=f.path, device=f.device, **front_end_flags(f))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: --run={f.run}: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,11 @@ flags.DEFINE_integer("out_size", 200, "side of the aligned images", lower_bound=
 flags.DEFINE_float("box_enlarge", 2.8, "aligned image side / anchor box side", flag_values=FLAGS)
 flags.DEFINE_integer("workers", 0, "processes (0: one per available core)", lower_bound=0,
                      flag_values=FLAGS)
+flags.DEFINE_float("min_face", 40, "--annotate: the smallest face to find, in pixels (larger: "
+                   "faster on large frames)", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_bool("bench", False, "time --annotate with --min_face against the full-resolution "
+                  "detection on the images, into OUT/list/NAME_{fast,full}",
+                  flag_values=FLAGS)
 flags.DEFINE_enum("format", "keep", ["keep", "png", "jpg"],
                   "aligned image format (keep: the source's)", flag_values=FLAGS)
 
@@ -46,6 +51,11 @@ def main(argv) -> int:
         return releases.main(argv[0], argv[1:])
     parse(FLAGS, argv, "prepare", USAGE, __doc__)
     f = FLAGS
+    if f.bench:
+        from audjax.data import prepare
+
+        prepare.bench(f.images, f.out, f.name, min_face=f.min_face, workers=f.workers or 1)
+        return 0
     if not f.landmarks and not f.annotate:
         raise fail("prepare", "give --landmarks FILE, --annotate, or both")
     from audjax.data import prepare
@@ -54,7 +64,7 @@ def main(argv) -> int:
         report = prepare.prepare_folder(
             f.images, f.out, f.name, landmarks=f.landmarks, labels=f.labels,
             annotate=f.annotate, out_size=f.out_size, box_enlarge=f.box_enlarge,
-            workers=f.workers or None, image_format=f.format)
+            workers=f.workers or None, image_format=f.format, min_face=f.min_face)
     except ValueError as e:  # a ListError names its file and line, the others their flag
         print(f"error: {e}", file=sys.stderr)
         return 1

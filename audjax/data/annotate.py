@@ -7,6 +7,7 @@ Everything else in audjax works without them.
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,15 +61,78 @@ class Face:
     landmarks: np.ndarray
 
 
-def detect_faces(image_bgr, min_score=0.0):
+# dlib's frontal detector slides an 80x80 window over a pyramid of the image (steps of 5/6), so
+# at scale 1 it finds faces down to about 80 px wide, upsampled once down to about 40 px
+# (measured: docs/performance.md, "Face detection").
+SMALLEST_FACE = 80
+# The smallest face searched for by default: dlib's reach on the image upsampled once, which is
+# what annotation did before `min_face` existed (and still does at this value, exactly).
+MIN_FACE = 40
+
+
+def as_rgb(image_bgr) -> np.ndarray:
+    """A contiguous RGB (or grey) copy of an HxW / HxWx3 BGR uint8 image, as dlib's models
+    were trained on RGB images."""
+    image = np.asarray(image_bgr)
+    if image.dtype != np.uint8 or image.shape[2:] not in ((), (3,)):
+        raise ValueError(f"expected an HxW or HxWx3 uint8 image, got {image.dtype} {image.shape}")
+    if image.ndim == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image)
+
+
+def find_boxes(rgb, min_face=MIN_FACE):
+    """dlib's face boxes in `rgb` (from `as_rgb`), in its pixels, and their scores, most
+    confident first.
+
+    The detector looks at a copy scaled by SMALLEST_FACE / min_face, so that a face `min_face`
+    px wide is just large enough for it: large frames are searched downscaled (much cheaper),
+    small ones upsampled. Upsampling by powers of two is left to dlib (as before), only the rest
+    is done here; at min_face 40 this is exactly dlib's run on the image upsampled once.
+
+    Returns:
+      [(left, top, right, bottom), ...] (ints, inclusive, as dlib.rectangle) and their scores.
+    """
+    if min_face <= 0:
+        raise ValueError(f"min_face={min_face}: must be positive")
+    detector, _ = _dlib_models()
+    scale = SMALLEST_FACE / min_face
+    upsample = max(0, math.ceil(math.log2(scale) - 1e-9))
+    resize = scale / 2 ** upsample  # in (0.5, 1]: only ever a downscale
+    height, width = rgb.shape[:2]
+    size = (max(1, round(width * resize)), max(1, round(height * resize)))
+    if size != (width, height):
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    fx, fy = width / size[0], height / size[1]
+    boxes, scores, _ = detector.run(rgb, upsample, 0)
+    # A stable sort: among equal scores the detector's first box comes first.
+    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
+    return ([(round(boxes[i].left() * fx), round(boxes[i].top() * fy),
+              round(boxes[i].right() * fx), round(boxes[i].bottom() * fy)) for i in order],
+            [float(scores[i]) for i in order])
+
+
+def fit_landmarks(rgb, box) -> np.ndarray:
+    """dlib's 68 points fitted in `box` (left, top, right, bottom) of `rgb` (from `as_rgb`):
+    (68, 2) float32 (x, y) in its pixels."""
+    import dlib
+
+    _, predictor = _dlib_models()
+    shape = predictor(rgb, dlib.rectangle(*(int(v) for v in box)))
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+
+
+def detect_faces(image_bgr, min_score=0.0, min_face=MIN_FACE):
     """Every face dlib's frontal detector finds, with its 68 landmarks, most confident first.
 
-    The detector looks at the image upsampled once (as in the paper's setup), so faces down to
-    about 40 px wide are found.
+    The detector looks at the image scaled so that faces down to `min_face` px wide are found
+    (`find_boxes`); the 68 points are fitted on the full-resolution image, in the box mapped
+    back to it.
 
     Args:
       image_bgr: HxW (grey) or HxWx3 (BGR, as OpenCV reads it) uint8 image.
       min_score: detections scoring below this are dropped (0 keeps all of dlib's own).
+      min_face: the smallest face to find, in pixels (default 40: the image upsampled once).
 
     Returns:
       A list of `Face`, highest score first (empty when there is none).
@@ -76,34 +140,23 @@ def detect_faces(image_bgr, min_score=0.0):
     Raises:
       ImportError: when dlib or its model file is not installed.
     """
-    image = np.asarray(image_bgr)
-    if image.dtype != np.uint8 or image.shape[2:] not in ((), (3,)):
-        raise ValueError(f"expected an HxW or HxWx3 uint8 image, got {image.dtype} {image.shape}")
-    detector, predictor = _dlib_models()
-    # dlib's models were trained on RGB images; cvtColor also makes the array contiguous.
-    if image.ndim == 3:
-        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    else:
-        rgb = np.ascontiguousarray(image)
-    boxes, scores, _ = detector.run(rgb, 1, 0)
+    rgb = as_rgb(image_bgr)
     faces = []
-    # A stable sort: among equal scores the detector's first box comes first.
-    for i in sorted(range(len(boxes)), key=lambda i: -scores[i]):
-        if scores[i] < min_score:
+    for box, score in zip(*find_boxes(rgb, min_face), strict=True):
+        if score < min_score:
             continue
-        box = boxes[i]
-        shape = predictor(rgb, box)
-        faces.append(Face(box=(box.left(), box.top(), box.width(), box.height()),
-                          score=float(scores[i]),
-                          landmarks=np.array([(p.x, p.y) for p in shape.parts()], np.float32)))
+        left, top, right, bottom = box
+        faces.append(Face(box=(left, top, right - left + 1, bottom - top + 1), score=score,
+                          landmarks=fit_landmarks(rgb, box)))
     return faces
 
 
-def detect_landmarks(image_bgr):
+def detect_landmarks(image_bgr, min_face=MIN_FACE):
     """The 68 iBUG landmarks of the most confidently detected face, or None if there is none.
 
     Args:
       image_bgr: HxW (grey) or HxWx3 (BGR, as OpenCV reads it) uint8 image.
+      min_face: the smallest face to find, in pixels (`detect_faces`).
 
     Returns:
       (68, 2) float32 (x, y) points in the image's pixels (integer = pixel centre), or None.
@@ -111,5 +164,5 @@ def detect_landmarks(image_bgr):
     Raises:
       ImportError: when dlib or its model file is not installed.
     """
-    faces = detect_faces(image_bgr)
+    faces = detect_faces(image_bgr, min_face=min_face)
     return faces[0].landmarks if faces else None

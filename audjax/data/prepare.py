@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -44,7 +45,7 @@ import cv2
 import numpy as np
 
 from audjax.data.align import align_face, alignment_matrix, transform_points
-from audjax.data.annotate import detect_landmarks
+from audjax.data.annotate import MIN_FACE, detect_landmarks
 from audjax.data.lists import (
     ListError,
     check_finite,
@@ -121,7 +122,7 @@ class PrepareReport:
 
 
 def prepare(items: Iterable[RawItem], out_root, prefix_name, *, out_size=200, box_enlarge=2.8,
-            workers=None, annotate=False, num_aus=None, progress=True):
+            workers=None, annotate=False, num_aus=None, progress=True, min_face=MIN_FACE):
     """Aligns `items` and writes the images and the list files of one split.
 
     Args:
@@ -134,6 +135,8 @@ def prepare(items: Iterable[RawItem], out_root, prefix_name, *, out_size=200, bo
         Several are started with multiprocessing's "spawn", which re-imports the calling script:
         a script calling `prepare` must do so under `if __name__ == "__main__":`.
       annotate: detect the landmarks of items that have none with dlib (else they are dropped).
+      min_face: with `annotate`, the smallest face to find, in pixels (larger is faster on large
+        images: `audjax.data.annotate.detect_faces`).
       num_aus: K when no item has labels (default: len(AU_NAMES)).
       progress: show a progress line on stderr.
 
@@ -171,14 +174,15 @@ def prepare(items: Iterable[RawItem], out_root, prefix_name, *, out_size=200, bo
             # Cheap to decide again, so not recorded in the manifest (no "key").
             entries[i] = {"name": item.name, "reason": "no landmarks given"}
             continue
-        key = _fingerprint(item, out_size, box_enlarge)
+        key = _fingerprint(item, out_size, box_enlarge, min_face)
         entry = earlier.get(item.name)
         if entry is not None and entry["key"] == key and (
                 entry["reason"] is not None or (image_dir / item.name).is_file()):
             entries[i] = entry
             num_reused += entry["reason"] is None
         else:
-            tasks.append((i, item, str(image_dir / item.name), key, out_size, box_enlarge))
+            tasks.append((i, item, str(image_dir / item.name), key, out_size, box_enlarge,
+                          min_face))
 
     manifest_file.parent.mkdir(parents=True, exist_ok=True)
     bar = _Progress(f"prepare {prefix_name}", len(tasks), enabled=progress)
@@ -240,7 +244,7 @@ def _label_matrix(items, num_aus):
     return labels
 
 
-def _fingerprint(item, out_size, box_enlarge):
+def _fingerprint(item, out_size, box_enlarge, min_face):
     """A hash of everything that determines an item's aligned image and landmarks."""
     h = hashlib.sha256(repr((item.name, out_size, float(box_enlarge))).encode())
     source = item.image
@@ -255,7 +259,9 @@ def _fingerprint(item, out_size, box_enlarge):
         except OSError:
             h.update(f"{path}|missing".encode())
     if item.landmarks is None:
-        h.update(b"dlib")
+        # The default min_face is the detection of manifests written before it existed, so
+        # their entries stay valid.
+        h.update(b"dlib" if min_face == MIN_FACE else f"dlib min_face={min_face:g}".encode())
     else:
         h.update(np.asarray(item.landmarks, np.float64).tobytes())
     return h.hexdigest()
@@ -302,7 +308,7 @@ def _init_worker():
 
 
 def _process(task):
-    index, item, out_file, key, out_size, box_enlarge = task
+    index, item, out_file, key, out_size, box_enlarge, min_face = task
     entry = {"name": item.name, "key": key, "detected": None, "reason": None}
     image = _load(item.image)
     if image is None:
@@ -310,7 +316,7 @@ def _process(task):
         return index, entry
     landmarks = item.landmarks
     if landmarks is None:
-        landmarks = detect_landmarks(image)
+        landmarks = detect_landmarks(image, min_face)
         if landmarks is None:
             entry["reason"] = "no face detected"
             return index, entry
@@ -412,7 +418,7 @@ def _read_keyed_table(file, images, columns, check):
 
 def prepare_folder(images, out, name, *, landmarks=None, labels=None, annotate=False,
                    out_size=200, box_enlarge=2.8, workers=None,
-                   image_format="keep") -> PrepareReport:
+                   image_format="keep", min_face=MIN_FACE) -> PrepareReport:
     """`prepare` every image under the folder `images` (module doc), with the landmarks and
     labels of the files `landmarks` and `labels`; `image_format` "png" or "jpg" renames the
     aligned images to that format, "keep" keeps the source's. Raises ValueError naming the
@@ -435,4 +441,43 @@ def prepare_folder(images, out, name, *, landmarks=None, labels=None, annotate=F
                              landmarks=None if item_points is None else item_points.reshape(-1, 2),
                              au=None if path not in au else au[path].astype(int)))
     return prepare(items, out, name, out_size=out_size, box_enlarge=box_enlarge,
-                   workers=workers, annotate=annotate)
+                   workers=workers, annotate=annotate, min_face=min_face)
+
+
+def bench(images, out, name, *, min_face, workers=1) -> dict:
+    """Times `audjax prepare --annotate` on the images under the folder `images` twice, in one
+    run: with `min_face` and with the full-resolution detection (min_face 40, as before
+    min_face existed), into OUT/list/NAME_{fast,full}; prints and returns images/s of both and
+    the mean and largest distance of the landmarks where both found a face."""
+    import platform
+
+    root = Path(images)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"--images {root}: no images")
+    items = [RawItem(str(p), p.relative_to(root).as_posix()) for p in files]
+    results = {}
+    for label, face in (("full", MIN_FACE), ("fast", min_face)):
+        # A bench times the work: an earlier run's manifest would let it skip every image.
+        Path(f"{Path(out) / 'list' / name}_{label}_manifest.jsonl").unlink(missing_ok=True)
+        report = prepare(items, out, f"{name}_{label}", annotate=True, min_face=face,
+                         workers=workers, progress=False)
+        manifest = _read_manifest(Path(f"{Path(out) / 'list' / name}_{label}_manifest.jsonl"))
+        results[label] = (report, {k: e["detected"] for k, e in manifest.items()})
+    both = [k for k, v in results["full"][1].items() if v is not None
+            and results["fast"][1].get(k) is not None]
+    distances = [np.linalg.norm(np.subtract(results["fast"][1][k], results["full"][1][k]),
+                                axis=1) for k in both]
+    rates = {label: len(items) / r.seconds for label, (r, _) in results.items()}
+    shape = cv2.imread(str(files[0])).shape
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; {len(items)} images "
+          f"({shape[1]}x{shape[0]} the first), {workers} worker(s)")
+    for label, (report, _) in results.items():
+        reach = MIN_FACE if label == "full" else min_face
+        print(f"  min_face {reach:g}: {rates[label]:.2f} images/s, {report.num_kept} aligned")
+    mean = float(np.mean(np.concatenate(distances))) if distances else math.nan
+    worst = max((float(d.mean()) for d in distances), default=math.nan)
+    print(f"  speed-up {rates['fast'] / rates['full']:.1f}x; landmarks of the {len(both)} images "
+          f"both found: {mean:.2f} px apart on average (worst image {worst:.2f} px)")
+    return {"rates": rates, "mean_px": mean, "worst_px": worst, "compared": len(both)}

@@ -226,10 +226,11 @@ def predict(detector, inputs, out, *, aligned=False, every=1, overlay=None,
 
 
 def bench(*, crop=176, width=1.0, model="C", batch_size=32, device=None, path="target",
-          batches=20, count=20, inputs=()) -> None:
+          batches=20, count=20, inputs=(), front_end=None) -> None:
     """Print faces/s of the network part alone, of dlib alone, and end to end (module doc):
     `batches` network calls of `batch_size` crops, and `count` images end to end (`inputs`
-    repeated; default skimage's astronaut)."""
+    repeated; default skimage's astronaut). With videos among `inputs`, the videos instead:
+    `bench_video`. `front_end`: the Detector's front-end keyword arguments."""
     import jax
 
     from audjax import state as state_lib
@@ -244,7 +245,7 @@ def bench(*, crop=176, width=1.0, model="C", batch_size=32, device=None, path="t
     params, batch_stats = state_lib.init_variables(
         config, nets, prediction_networks(config, "joint"), jax.random.PRNGKey(0))
     detector = Detector(config, "joint", params, batch_stats, batch_size=batch_size,
-                        device=device, path=path)
+                        device=device, path=path, **(front_end or {}))
     device = detector.device
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, JAX device "
           f"{device.platform}:{device.device_kind}; model {config.model}, crop {config.crop}, "
@@ -258,9 +259,14 @@ def bench(*, crop=176, width=1.0, model="C", batch_size=32, device=None, path="t
     for _ in range(batches):
         detector.predict_crops(crops)
     seconds = time.perf_counter() - start
-    print(f"network part: {batches * batch_size / seconds:.1f} faces/s "
+    network_rate = batches * batch_size / seconds
+    print(f"network part: {network_rate:.1f} faces/s "
           f"({batches} batches of {batch_size}, "
           f"{1000 * seconds / batches:.1f} ms a batch)")
+    videos = [p for p in inputs if media.is_video(media.Source(str(p), Path(p)))]
+    if videos:
+        bench_video(detector, videos, network_rate)
+        return
 
     images = _bench_images(inputs, count)
     annotate.detect_faces(images[0])  # load dlib's models
@@ -297,3 +303,53 @@ def _bench_images(inputs, count) -> list[np.ndarray]:
                               "(skimage.data.astronaut)") from None
         images = [np.ascontiguousarray(data.astronaut()[..., ::-1])]
     return [images[i % len(images)] for i in range(max(count, len(images)))]
+
+
+def bench_video(detector, videos, network_rate) -> None:
+    """Frames/s of `videos` end to end, tracked (the detector's settings) and with detection
+    in every frame, in one run: the front end's time per stage (in its workers), the network's
+    share (from `network_rate`), and how far the tracked landmarks (% of the eye distance) and
+    AU probabilities are from the per-frame ones."""
+    from audjax.inference.frontend import STAGES
+
+    runs = {}
+    for label, track in (("tracked", detector.track), ("per-frame detection", False)):
+        detector.track = track
+        start = time.perf_counter()
+        frames, totals, rows = 0, dict.fromkeys(STAGES, 0.0), {}
+        for result in detector.stream(videos):
+            frames += 1
+            for stage, seconds in result.seconds.items():
+                totals[stage] += seconds
+            rows[(result.frame.input, result.frame.frame)] = result.rows
+        seconds = time.perf_counter() - start
+        runs[label] = rows
+        faces = sum(r["success"] for rs in rows.values() for r in rs)
+        found = sum(any(r["success"] for r in rs) for rs in rows.values())
+        stages = ", ".join(f"{stage} {1000 * t / frames:.1f}" for stage, t in totals.items())
+        print(f"{label}: {frames / seconds:.1f} frames/s end to end ({frames} frames, {found} "
+              f"with a face, {faces} faces, {seconds:.1f} s, {detector.workers} workers); "
+              f"ms a frame: {stages}, network {1000 * faces / frames / network_rate:.1f}")
+    tracked, reference = runs.values()
+    if detector.au_columns:
+        _compare(tracked, reference, detector)
+
+
+def _compare(tracked, reference, detector) -> None:
+    """AU probability differences of the faces both runs found (each per-frame face against
+    the tracked face of its frame whose box centre is nearest). The landmark columns are the
+    network's, meaningless for random weights: tests/test_tracking.py checks dlib's points."""
+
+    def centre(row):
+        return np.array([row["face_x"] + row["face_width"] / 2,
+                         row["face_y"] + row["face_height"] / 2])
+
+    prob = []
+    for key, rows in reference.items():
+        found = [r for r in tracked.get(key, []) if r["success"]]
+        for b in (r for r in rows if r["success"] and found):
+            a = min(found, key=lambda r, b=b: np.linalg.norm(centre(r) - centre(b)))
+            if np.linalg.norm(centre(a) - centre(b)) < b["face_width"] / 2:
+                prob.append(np.mean([abs(a[c] - b[c]) for c in detector.au_columns]))
+    print(f"tracked vs per-frame ({len(prob)} faces): AU probabilities {np.mean(prob):.2g} "
+          f"apart on average (random weights)")

@@ -8,8 +8,11 @@
 
 Each face goes through the steps its training data went through:
 
-1. dlib finds every face and its 68 points (`annotate.detect_faces`; faces scoring below
-   `min_face_score` are dropped);
+1. dlib finds every face of `min_face` px and up and its 68 points (`annotate.detect_faces`;
+   faces scoring below `min_face_score` are dropped); in videos faces are followed from frame to
+   frame and keep their `face_id` (`audjax.inference.tracking`; `track=False` detects in every
+   frame). Decoding, detection and alignment run in `workers` processes
+   (`audjax.inference.frontend`);
 2. `align.align_face` maps it to the run's aligned size (`aligned_size`: 200 for crop 176);
 3. the centre crop of evaluation (`pipeline.centre_offset`), scaled to [-1, 1];
 4. the jitted prediction path, in batches of `batch_size` (the last one padded, so it compiles
@@ -22,13 +25,15 @@ With `aligned=True` steps 1-2 are skipped: every input is one face already align
 training images were, and gives exactly the probabilities evaluation gives.
 
 Rows use OpenFace's and py-feat's names: `input`, `frame` (0-based; 0 for a photo), `timestamp`
-(seconds, videos; NaN for a photo), `face_id` (0 = the most confident face), `face_x`, `face_y`,
-`face_width`, `face_height` (dlib's box), `face_score` (dlib's confidence), `success` (1 when a
-face was found and scored), one probability column per AU of the run (`AU1` -> `AU01`), `AU01_c`
-... (1 when the probability reaches `threshold`), and the 49 landmarks `x_0` ... `x_48`, `y_0`
-... `y_48` in the input's pixels. A photo or frame without a face gives one row with success 0
-and NaN values. Columns a model cannot fill are absent: phase-1 checkpoints (the landmark net)
-have no AU columns, source-only models no landmark columns.
+(seconds, videos; NaN for a photo), `face_id` (0 = the most confident face; in a tracked video
+the face's number), `face_x`, `face_y`, `face_width`, `face_height` (dlib's box, or the box
+derived from a tracked face's landmarks), `face_score` (dlib's confidence, at a tracked face's
+latest detection), `success` (1 when a face was found and scored), one probability column per
+AU of the run (`AU1` -> `AU01`), `AU01_c` ... (1 when the probability reaches `threshold`), and
+the 49 landmarks `x_0` ... `x_48`, `y_0` ... `y_48` in the input's pixels. A photo or frame
+without a face gives one row with success 0 and NaN values. Columns a model cannot fill are
+absent: phase-1 checkpoints (the landmark net) have no AU columns, source-only models no
+landmark columns.
 
 Landmarks come from the landmark head (phase 1, models B and C); a model without one (A) reads
 them off E_l's attention maps (`audjax.inference.paths.attention_landmarks`).
@@ -41,17 +46,17 @@ import math
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import cv2
 import jax
 import numpy as np
 
 from audjax import checkpoints
 from audjax import state as state_lib
 from audjax.config import Config
-from audjax.data import align, annotate, pipeline
-from audjax.inference import media
+from audjax.data import align, annotate
+from audjax.inference import frontend, media
+from audjax.inference.frontend import FaceCrop
 from audjax.inference.paths import PATHS, predict_batch
 
 # The networks prediction may use; a checkpoint's own (state.network_names) restricts them.
@@ -80,29 +85,13 @@ def aligned_size(config: Config) -> int:
 
 
 @dataclass
-class FaceCrop:
-    """A face ready for the networks.
-
-    Attributes:
-      box: (x, y, width, height) in the input's pixels.
-      score: the face detector's confidence (NaN for an aligned input).
-      crop: (S, S, 3) float32 in [-1, 1], RGB; None when the face could not be aligned.
-      to_image: (2, 3) affine map from crop pixels to the input's pixels.
-    """
-
-    box: tuple[float, float, float, float]
-    score: float
-    crop: np.ndarray | None
-    to_image: np.ndarray | None
-
-
-@dataclass
 class FrameResult:
     """What `Detector.stream` yields: one frame (`media.Frame`: its image, or why it could not
     be read) and its rows (none when it could not be read)."""
 
     frame: media.Frame
     rows: list[dict]
+    seconds: dict = field(default_factory=dict)  # the front end's time per stage (STAGES)
 
 
 def _resolve_device(device):
@@ -120,7 +109,9 @@ class Detector:
 
     def __init__(self, config: Config, phase: str, params: dict, batch_stats: dict, *,
                  batch_size: int = 32, threshold: float = 0.5, path: str = "target",
-                 device=None, min_face_score: float = 0.5, checkpoint: str | None = None):
+                 device=None, min_face_score: float = 0.2, min_face: float = annotate.MIN_FACE,
+                 track: bool = True, detect_every: int = 10, workers: int = 1,
+                 checkpoint: str | None = None):
         """A detector over given weights; `Detector.from_run` reads them from a checkpoint.
 
         Args:
@@ -132,7 +123,15 @@ class Detector:
           path: "target" (in-the-wild faces, the default) or "source" (lab-like faces).
           device: a jax.Device or a platform name ("cpu", "gpu"); default JAX's first device.
           min_face_score: dlib detections scoring below this are not faces (dlib's own cut-off
-            is 0; 0.5 drops weak false detections such as patterns on clothes).
+            is 0; 0.2 drops weak false detections such as patterns on clothes and keeps real
+            faces dlib scores low: docs/performance.md, "Face detection").
+          min_face: the smallest face to find, in pixels (`annotate.detect_faces`).
+          track: in videos, follow faces from frame to frame (`audjax.inference.tracking`);
+            False detects them in every frame.
+          detect_every: when tracking, run the detector at least every this many frames.
+          workers: processes for decoding, face detection and alignment (`frontend.stream`;
+            1: in this process). More than one are started with "spawn": a script must then
+            create and use the detector under `if __name__ == "__main__":`.
           checkpoint: where the weights came from (for messages).
         """
         if path not in PATHS:
@@ -144,6 +143,10 @@ class Detector:
         self.config, self.phase, self.path = config, phase, path
         self.batch_size, self.threshold, self.min_face_score = batch_size, threshold, min_face_score
         self.checkpoint = checkpoint
+        if workers < 1:
+            raise ValueError(f"workers={workers}: must be at least 1")
+        self.min_face, self.track, self.detect_every = min_face, track, detect_every
+        self.workers = workers
         self.networks = prediction_networks(config, phase)
         self.aligned_size = aligned_size(config)
         if self.aligned_size < config.crop:
@@ -209,40 +212,17 @@ class Detector:
 
     # -- faces -------------------------------------------------------------------------------
 
+    def front_end(self, aligned: bool = False) -> frontend.FrontEnd:
+        """The settings of the host side (`audjax.inference.frontend`)."""
+        return frontend.FrontEnd(self.config.crop, self.aligned_size, self.min_face,
+                                 self.min_face_score, self.track, self.detect_every, aligned)
+
     def faces(self, image_bgr: np.ndarray, aligned: bool = False) -> list[FaceCrop]:
         """The faces of one HxWx3 uint8 BGR image, aligned and cropped for the networks.
 
         Raises ValueError for an aligned input smaller than the crop, ImportError (naming the
         'annotate' extra) when faces must be found and dlib is missing."""
-        s = self.config.crop
-        if aligned:
-            height, width = image_bgr.shape[:2]
-            if height < s or width < s:
-                raise ValueError(f"an aligned input must be at least {s}x{s} (the crop), got "
-                                 f"{width}x{height}")
-            return [self._crop(image_bgr, np.eye(2, 3), (0, 0, width, height), math.nan)]
-        out = []
-        for face in annotate.detect_faces(image_bgr, self.min_face_score):
-            try:
-                matrix = align.alignment_matrix(face.landmarks, self.aligned_size)
-            except ValueError:  # degenerate landmarks: a face without a prediction
-                out.append(FaceCrop(face.box, face.score, None, None))
-                continue
-            aligned_image, _ = align.align_face(image_bgr, face.landmarks, self.aligned_size)
-            out.append(self._crop(aligned_image, cv2.invertAffineTransform(matrix), face.box,
-                                  face.score))
-        return out
-
-    def _crop(self, aligned_bgr, aligned_to_image, box, score) -> FaceCrop:
-        """Evaluation's centre crop of an aligned face, and the map from crop pixels back to
-        the input image's pixels (the crop's offset, then `aligned_to_image`)."""
-        s = self.config.crop
-        height, width = aligned_bgr.shape[:2]
-        y, x = pipeline.centre_offset(height, s), pipeline.centre_offset(width, s)
-        crop = pipeline.normalize(aligned_bgr[y:y + s, x:x + s, ::-1])
-        to_image = np.array(aligned_to_image, np.float64)
-        to_image[:, 2] += to_image[:, :2] @ np.array([x, y], np.float64)
-        return FaceCrop(tuple(float(v) for v in box), score, crop, to_image)
+        return self.front_end(aligned).faces(image_bgr)
 
     # -- detection -----------------------------------------------------------------------------
 
@@ -250,17 +230,13 @@ class Detector:
         """A `FrameResult` per image or video frame of `inputs`, in order (see `detect`).
 
         Faces are gathered until a batch is full; while the network works on one batch (JAX
-        dispatches asynchronously) the faces of the next are found and aligned.
+        dispatches asynchronously) the faces of the next are found and aligned, in `workers`
+        processes when there are several.
         """
         chunk, num_faces, running = [], 0, None
-        for frame in media.iter_frames(inputs, every):
-            faces = []
-            if frame.error is None:
-                try:
-                    faces = self.faces(frame.image, aligned)
-                except ValueError as e:
-                    frame.error = str(e)
-            chunk.append((frame, faces))
+        for frame, faces, seconds in frontend.stream(self.front_end(aligned), inputs,
+                                                     every=every, workers=self.workers):
+            chunk.append((frame, faces, seconds))
             num_faces += len(faces)
             if num_faces >= self.batch_size or len(chunk) >= self.batch_size:
                 if running is not None:
@@ -303,20 +279,21 @@ class Detector:
         return pandas.DataFrame(rows, columns=self.columns) if as_frame else rows
 
     def _finish(self, chunk, dispatched) -> Iterator[FrameResult]:
-        predictions = _collect(dispatched, sum(f.crop is not None for _, fs in chunk for f in fs))
+        predictions = _collect(dispatched,
+                               sum(f.crop is not None for _, fs, _ in chunk for f in fs))
         k = 0
-        for frame, faces in chunk:
+        for frame, faces, seconds in chunk:
             rows = []
             if frame.error is None:
                 if not faces:
                     rows.append(self._row(frame, 0, None, {}))
-                for face_id, face in enumerate(faces):
+                for face in faces:
                     pred = {}
                     if face.crop is not None:
                         pred = {name: v[k] for name, v in predictions.items()}
                         k += 1
-                    rows.append(self._row(frame, face_id, face, pred))
-            yield FrameResult(frame, rows)
+                    rows.append(self._row(frame, face.face_id, face, pred))
+            yield FrameResult(frame, rows, seconds)
 
     def _row(self, frame: media.Frame, face_id: int, face: FaceCrop | None, pred: dict) -> dict:
         nan = math.nan
@@ -344,7 +321,7 @@ def prediction_networks(config: Config, phase: str) -> tuple[str, ...]:
 
 
 def _crops(chunk) -> np.ndarray:
-    crops = [f.crop for _, faces in chunk for f in faces if f.crop is not None]
+    crops = [f.crop for _, faces, _ in chunk for f in faces if f.crop is not None]
     return np.stack(crops) if crops else np.zeros((0,))
 
 

@@ -61,32 +61,65 @@ def as_input_list(inputs) -> list:
     return list(inputs)
 
 
+@dataclass(frozen=True)
+class Source:
+    """One file or array of the inputs, whose frames `source_frames` reads: `item` is a Path or
+    an HxWx3 RGB array, or None with `error` set (a missing path, an empty folder)."""
+
+    name: str
+    item: Path | np.ndarray | None
+    error: str | None = None
+
+
+def sources(inputs: Iterable) -> Iterator[Source]:
+    """The files and arrays of `inputs` (paths of images, videos or folders, or arrays), in
+    order, folders expanded (see the module doc)."""
+    for i, item in enumerate(as_input_list(inputs)):
+        if isinstance(item, np.ndarray):
+            yield Source(f"<array {i}>", item)
+            continue
+        path = Path(item).expanduser()
+        if not path.exists():
+            yield Source(str(item), None, "no such file or folder")
+        elif path.is_dir():
+            files = [p for p in sorted(path.rglob("*")) if p.is_file()
+                     and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
+            if not files:
+                yield Source(str(item), None, "no images or videos in this folder")
+            for file in files:
+                yield Source(str(file), file)
+        else:
+            yield Source(str(item), path)
+
+
+def is_video(source: Source) -> bool:
+    return isinstance(source.item, Path) and source.item.suffix.lower() in VIDEO_SUFFIXES
+
+
+def source_frames(source: Source, every: int = 1) -> Iterator[Frame]:
+    """The frames of one `Source`."""
+    if every < 1:
+        raise ValueError(f"every={every}: must be at least 1")
+    if source.error is not None:
+        yield Frame(source.name, 0, math.nan, None, source.error)
+    elif isinstance(source.item, np.ndarray):
+        yield Frame(source.name, 0, math.nan, _bgr_from_array(source.item, source.name))
+    else:
+        yield from _file_frames(source.item, every)
+
+
 def iter_frames(inputs: Iterable, every: int = 1) -> Iterator[Frame]:
     """The frames of `inputs` (paths of images, videos or folders, or HxWx3 uint8 RGB arrays),
     in order; see the module doc."""
     if every < 1:
         raise ValueError(f"every={every}: must be at least 1")
-    for i, item in enumerate(as_input_list(inputs)):
-        if isinstance(item, np.ndarray):
-            yield Frame(f"<array {i}>", 0, math.nan, _bgr_from_array(item, i))
-            continue
-        path = Path(item).expanduser()
-        if not path.exists():
-            yield Frame(str(item), 0, math.nan, None, "no such file or folder")
-        elif path.is_dir():
-            files = [p for p in sorted(path.rglob("*")) if p.is_file()
-                     and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
-            if not files:
-                yield Frame(str(item), 0, math.nan, None, "no images or videos in this folder")
-            for file in files:
-                yield from _file_frames(file, every)
-        else:
-            yield from _file_frames(path, every)
+    for source in sources(inputs):
+        yield from source_frames(source, every)
 
 
-def _bgr_from_array(array: np.ndarray, index: int) -> np.ndarray:
+def _bgr_from_array(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or array.shape[2:] not in ((), (3,)):
-        raise ValueError(f"inputs[{index}]: expected an HxWx3 (RGB) or HxW uint8 array, got "
+        raise ValueError(f"{name}: expected an HxWx3 (RGB) or HxW uint8 array, got "
                          f"{array.dtype} {array.shape}")
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
