@@ -398,8 +398,17 @@ def test_emotionet_strip_prefix_and_table_errors(tmp_path):
     table.write_text(lines[0].replace("URL,", "Link,", 1) + "\n" + lines[1] + "\n")
     with pytest.raises(ListError, match=f"{table}:1: no column URL"):
         emotionet.read_table(table, (1,))
-    with pytest.raises(ValueError, match="no labelled EmotioNet table with a URL column"):
+    with pytest.raises(ValueError, match="no labelled EmotioNet table with a URL column") as e:
         emotionet.find_table(raw)
+    assert f"{table}:1: no column URL in the header" in str(e.value)  # the near miss is named
+
+    # A table that is not UTF-8 names its line; a --labels file that is not there is named.
+    table.write_bytes(lines[0].encode() + b"\n" + lines[1].encode() + b"\n\xe9,o,1\n")
+    with pytest.raises(ListError, match=f"{table}:3: not UTF-8 text"):
+        emotionet.read_table(table, (1,))
+    with pytest.raises(ValueError, match=f"--labels {tmp_path / 'none.csv'} is not a file"):
+        import_emotionet(raw, tmp_path / "data", labels=tmp_path / "none.csv")
+    assert not (tmp_path / "data").exists()
 
 
 def test_emotionet_xlsx(tmp_path):

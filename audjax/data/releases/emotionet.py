@@ -76,7 +76,18 @@ def table_rows(file) -> list[tuple[int, list]]:
             book.close()
     with open(file, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
-        return [(reader.line_num, row) for row in reader]
+        try:
+            return [(reader.line_num, row) for row in reader]
+        except UnicodeDecodeError:
+            pass
+    data = file.read_bytes()  # the line of the first byte that is not UTF-8, for the message
+    try:
+        data.decode("utf-8")
+        start = len(data)
+    except UnicodeDecodeError as e:
+        start = e.start
+    line = data.count(b"\n", 0, start) + 1
+    raise ListError(f"{file}:{line}: not UTF-8 text; save the table as UTF-8 CSV")
 
 
 def read_table(file, aus) -> list[tuple[str, list[int], int]]:
@@ -158,19 +169,24 @@ def url_mapper(spec: str, images_dir, exclude=None) -> Callable[[str], Path | No
 
 def find_table(root) -> Path:
     """The one table under `root` (.csv / .xlsx) whose header has a URL column."""
-    found = []
+    found, skipped = [], []
     for path in sorted(Path(root).rglob("*")):
         if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
             try:
                 rows = table_rows(path)
-            except (ValueError, OSError, UnicodeDecodeError):
+            except (ValueError, OSError) as e:
+                skipped.append(str(e) if str(path) in str(e) else f"{path}: {e}")
                 continue
             if rows and "URL" in [column_name(h) for h in rows[0][1]]:
                 found.append(path)
+            else:
+                skipped.append(f"{path}:{rows[0][0] if rows else 1}: no column URL in the "
+                               "header")
     if len(found) != 1:
         what = "no" if not found else f"{len(found)} ({', '.join(map(str, found))})"
-        raise ValueError(f"{what} labelled EmotioNet table with a URL column under {root}; "
-                         "give --labels FILE")
+        looked = "" if found or not skipped else f" (skipped: {'; '.join(skipped)})"
+        raise ValueError(f"{what} labelled EmotioNet table with a URL column under {root}"
+                         f"{looked}; give --labels FILE")
     return found[0]
 
 
@@ -236,6 +252,8 @@ def import_emotionet(root, out, *, frames=None, labels=None, unlabelled=None, au
     root = Path(root)
     aus = parse_aus(aus, EMOTIONET_AUS, "EmotioNet")
     table = Path(labels) if labels is not None else find_table(root)
+    if not table.is_file():
+        raise ValueError(f"--labels {table} is not a file (the labelled table, .csv or .xlsx)")
     images_dir = Path(frames) if frames is not None else root
     if not images_dir.is_dir():
         raise ValueError(f"--frames {images_dir} is not a folder")
