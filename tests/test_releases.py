@@ -264,6 +264,17 @@ def test_disfa_length_mismatch_names_both(tmp_path):
     assert str(error.value) == f"{label}: 6 frames, but {video} has 5"
 
 
+def test_disfa_checks_every_subject_before_decoding_any(tmp_path):
+    raw, out = tmp_path / "DISFA", tmp_path / "data"
+    disfa_tree(raw)
+    for au in disfa.DISFA_AUS:  # the test subject's labels, read after SN002's: one too few
+        label = write_intensities(raw, "SN003", au, [0] * 4)
+    video = raw / "Videos_LeftCamera" / "LeftVideoSN003_comp.avi"
+    with pytest.raises(ListError, match=f"SN003_au1.txt: 4 frames, but {video} has 5"):
+        import_disfa(raw, out, landmarks_for=landmarks_for, **KWARGS)
+    assert label.is_file() and not out.exists()  # SN002's video was not decoded first
+
+
 def test_disfa_bad_label_line(tmp_path):
     file = write_intensities(tmp_path, "SN001", 1, [0, 7])
     with pytest.raises(ListError, match=f"{file}:2: intensity '7' is not one of 0-5"):

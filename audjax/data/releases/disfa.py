@@ -152,6 +152,20 @@ def decode_video(video, folder, label_file, label_frames) -> Decoded:
     return Decoded(folder, frames, total)
 
 
+def check_frame_count(video, label_file, label_frames) -> None:
+    """Raises ListError when `video` cannot be opened or its frame count differs from
+    `label_frames`, the length of `label_file` (what `decode_video` checks, without decoding)."""
+    capture = cv2.VideoCapture(str(video))
+    try:
+        if not capture.isOpened():
+            raise ListError(f"{video}: OpenCV cannot open the video")
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    if total != label_frames:
+        raise ListError(f"{label_file}: {label_frames} frames, but {video} has {total}")
+
+
 def find_video(videos_dir, subject) -> Path:
     """LeftVideo<subject>_comp.avi (or another LeftVideo<subject>*.avi) in `videos_dir`."""
     found = sorted(Path(videos_dir).glob(f"LeftVideo{subject}*.avi"))
@@ -170,18 +184,29 @@ def build_splits(videos_dir, label_dir, decoded_dir, *, split="fold1", aus=PAPER
     if not 1 <= threshold <= 5:
         raise ValueError(f"--threshold {threshold}: expected an intensity 1-5")
     subjects = fold_subjects(PARTS, int(split[-1]))
+    # Every label file and video is checked before any video is decoded (minutes each), so
+    # that a bad file of the last subject stops the import before the work, not after it.
+    found = {}
+    for role in ("train", "test"):
+        found[role] = []
+        for subject in sorted(subjects[role]):
+            if not (Path(label_dir) / subject).is_dir():
+                continue
+            intensities, label_file = subject_intensities(label_dir, subject, aus)
+            video = find_video(videos_dir, subject)
+            check_frame_count(video, label_file, len(intensities))
+            found[role].append((subject, intensities, label_file, video))
     splits, notes = [], []
     for role in ("train", "test"):
         out = Split(f"{name}_{role}", weights=role == "train")
-        for subject in sorted(subjects[role]):
-            if not (Path(label_dir) / subject).is_dir():
-                notes.append(f"{name}_{role}: no labels for {subject} in {label_dir}")
-                continue
-            intensities, label_file = subject_intensities(label_dir, subject, aus)
+        absent = sorted(set(subjects[role]) - {s for s, *_ in found[role]})
+        if absent:
+            notes.append(f"{name}_{role}: no labels for {' '.join(absent)} in {label_dir}")
+        for subject, intensities, label_file, video in found[role]:
             if progress:
                 print(f"decoding {subject} ({len(intensities)} frames)", file=sys.stderr)
-            decoded = decode_video(find_video(videos_dir, subject),
-                                   Path(decoded_dir) / subject, label_file, len(intensities))
+            decoded = decode_video(video, Path(decoded_dir) / subject, label_file,
+                                   len(intensities))
             labels = (intensities >= threshold).astype(int)
             for i in range(len(intensities)):
                 frame = f"{subject}/{i:05d}.jpg"
@@ -192,7 +217,7 @@ def build_splits(videos_dir, label_dir, decoded_dir, *, split="fold1", aus=PAPER
                     out.dropped.append((frame, f"video decoding failed at frame "
                                                f"{decoded.frames}"))
             if decoded.frames < decoded.total:
-                notes.append(f"{find_video(videos_dir, subject)}: decoding failed at frame "
+                notes.append(f"{video}: decoding failed at frame "
                              f"{decoded.frames} of {decoded.total}; the frames before it are kept")
         splits.append(out)
     notes.append(f"{split}: JAA-Net's protocol has no validation subjects; {name}_val is a copy "
