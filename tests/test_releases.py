@@ -126,6 +126,9 @@ def test_bp4d_fold_and_fera_layout(tmp_path):
     raw, out = tmp_path / "FERA", tmp_path / "data"
     bp4d_tree(raw, frames="BP4D-training", labels="AUCoding")
     assert bp4d.find_folders(raw) == (raw / "BP4D-training", raw / "AUCoding")
+    stale = out / "list" / "BP4D_val_dropped.txt"  # as an earlier --split=adld run left it
+    stale.parent.mkdir(parents=True)
+    stale.write_text("F004/T1/0001.jpg\tno face detected\n")
     # Fold 3 trains on parts 2 and 3 (F004, F006) and tests on part 1 (F001, M001).
     report = import_bp4d(raw, out, split="fold3", aus="1,12", landmarks_for=landmarks_for,
                          **KWARGS)
@@ -136,6 +139,7 @@ def test_bp4d_fold_and_fera_layout(tmp_path):
     assert len(test) == 4
     val = read_lists(out / "list" / "BP4D_val")
     assert val.paths == test.paths and val.weights is None
+    assert stale.read_text() == (out / "list" / "BP4D_test_dropped.txt").read_text()
     assert "BP4D_val: a copy of BP4D_test's lists (4 images)" in report.summary()
     assert "no validation subjects" in report.summary()
 

@@ -170,7 +170,8 @@ def copy_split(report: SplitReport, out, name: str) -> SplitReport:
     """Writes the lists of `report`'s split again under the prefix `name` (the same images):
     for protocols without a validation split, whose trainer still reads one."""
     source, target = Path(out) / "list" / report.name, Path(out) / "list" / name
-    for kind in ("path", "land", "AUoccur"):
+    # The drops too: an earlier run's _dropped.txt of another protocol must not stay beside them.
+    for kind in ("path", "land", "AUoccur", "dropped"):
         atomic_write(list_file(target, kind), Path(list_file(source, kind)).read_bytes())
     if os.path.exists(list_file(target, "weight")):
         os.remove(list_file(target, "weight"))  # never stale weights beside copied labels
