@@ -184,7 +184,9 @@ def detect_faces(image_bgr, min_score=0.0, min_face=MIN_FACE):
     Args:
       image_bgr: HxW (grey) or HxWx3 (BGR, as OpenCV reads it) uint8 image.
       min_score: detections scoring below this are dropped (0 keeps all of dlib's own).
-      min_face: the smallest face to find, in pixels (default 40: the image upsampled once).
+      min_face: the smallest face to find, in pixels (default 40: the image upsampled once;
+        larger values search a level of that run's pyramid: the same boxes for faces of
+        `min_face` and up, much faster on large images).
 
     Returns:
       A list of `Face`, highest score first (empty when there is none).
