@@ -159,6 +159,7 @@ def test_scaled_detection_finds_the_full_resolution_boxes(astronaut_bgr):
         assert mean_distance(face.landmarks, reference.landmarks) < 1.0
     assert annotate.detect_faces(synth_frame(0, 0.4), min_face=160) == []
     assert len(annotate.detect_faces(synth_frame(0, 0.4, (560, 420)))) == 1
+    assert annotate.detect_faces(synth_frame(0, 1.0, (300, 300)), min_face=10 ** 5) == []
 
 
 def test_one_level_down_finds_the_same_box(astronaut_bgr):

@@ -104,7 +104,8 @@ def find_boxes(rgb, min_face=MIN_FACE):
     detector, _ = _dlib_models()
     if min_face > MIN_FACE:
         level = math.ceil(math.log(min_face / MIN_FACE) / math.log(6 / 5) - 1e-9)
-        rects, scores, _ = detector.run(_level_image(rgb, level), 0, 0)
+        image = _level_image(rgb, level)
+        rects, scores, _ = detector.run(image, 0, 0) if image is not None else ([], [], [])
         boxes = [_full_box(rect, level) for rect in rects]
     else:
         scale = SMALLEST_FACE / min_face
@@ -128,7 +129,8 @@ def _level_image(rgb, level):
     step: dlib upsamples to the size pyramid_down<2> maps the image to and then shrinks by 5/6
     (integer sizes) a level at a time, each step a corner-aligned bilinear resize, so the level
     is a corner-aligned resize of `rgb` to its size. Bilinear, like dlib's steps (no
-    smoothing): the detector then finds the same boxes (tests/test_annotate.py)."""
+    smoothing): the detector then finds the same boxes (tests/test_annotate.py). None when the
+    level is empty (the image is too small for faces of that size)."""
     import dlib
 
     height, width = rgb.shape[:2]
@@ -136,6 +138,8 @@ def _level_image(rgb, level):
     w, h = up.right() + 1, up.bottom() + 1
     for _ in range(level):
         w, h = 5 * w // 6, 5 * h // 6
+    if w < 1 or h < 1:
+        return None
     matrix = np.array([[(w - 1) / max(1, width - 1), 0, 0], [0, (h - 1) / max(1, height - 1), 0]])
     return cv2.warpAffine(rgb, matrix, (w, h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
