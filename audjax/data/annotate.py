@@ -91,10 +91,11 @@ def find_boxes(rgb, min_face=MIN_FACE):
     At min_face 40 (and below) this is dlib's run on the image upsampled once (twice, ...), as
     annotation always did. Larger faces are searched for on level k of that run's pyramid
     (`_level_image`), the first at a scale of SMALLEST_FACE / min_face or below (its reach is
-    min_face to 1.2 min_face: levels are 5/6 apart); the detector
-    scans it and the levels below exactly as that run does, and each box is mapped back the way
-    that run maps it (`_full_box`): the same boxes as at min_face 40 for faces this large
-    (tests/test_annotate.py), at a fraction of the cost. Only the scores differ a little.
+    min_face to 1.2 min_face: levels are 5/6 apart); the detector scans it and the smaller
+    levels as that run does, and each box is mapped back the way that run maps it
+    (`_full_box`). For faces of min_face and up that gives the boxes of min_face 40 at a
+    fraction of the cost, all but rarely (the level's pixels differ a little from dlib's, which
+    can tip a near tie between two windows: docs/performance.md); the scores differ a little.
 
     Returns:
       [(left, top, right, bottom), ...] (ints, inclusive, as dlib.rectangle) and their scores.
@@ -129,7 +130,7 @@ def _level_image(rgb, level):
     step: dlib upsamples to the size pyramid_down<2> maps the image to and then shrinks by 5/6
     (integer sizes) a level at a time, each step a corner-aligned bilinear resize, so the level
     is a corner-aligned resize of `rgb` to its size. Bilinear, like dlib's steps (no
-    smoothing): the detector then finds the same boxes (tests/test_annotate.py). None when the
+    smoothing; tests/test_annotate.py checks the boxes come out the same). None when the
     level is empty (the image is too small for faces of that size)."""
     import dlib
 
