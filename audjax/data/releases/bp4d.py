@@ -56,7 +56,7 @@ LABEL_FOLDERS = ("AUCoding/AU_OCC", "AUCoding")
 CSV_CODES = {"0": 0, "1": 1, "9": UNKNOWN}
 # The smallest face dlib looks for (`audjax.data.annotate.detect_faces`): the frames are
 # 1392x1040 with one face of some 400 px and more, so a search for faces of 160 px and up
-# (about 12x faster than the full-resolution one, the same boxes: docs/performance.md)
+# (10-15x faster than the full-resolution one, the same boxes: docs/performance.md)
 # misses none.
 MIN_FACE = 160
 
