@@ -475,6 +475,50 @@ def test_cli_help_lists_each_importers_own_flags(capsys):
     assert "missing arguments" in capsys.readouterr().err
 
 
+def test_min_face_defaults_fit_each_release_and_reach_prepare(tmp_path, monkeypatch):
+    """--min_face defaults to each importer's MIN_FACE (BP4D's large frames 160, DISFA's 120,
+    EmotioNet's web photos 40: the full-resolution search), the CLI passes the flag on, the
+    importers pass it to `prepare`; the folder mode and predict keep 40."""
+    from audjax import cli
+    from audjax.cli import predict as predict_cli
+    from audjax.cli import prepare as prepare_cli
+    from audjax.cli import releases as releases_cli
+    from audjax.data.releases import IMPORTERS, bp4d, common, disfa, emotionet
+
+    assert (bp4d.MIN_FACE, disfa.MIN_FACE, emotionet.MIN_FACE) == (160, 120, 40)
+    for release, module in (("bp4d", bp4d), ("disfa", disfa), ("emotionet", emotionet)):
+        assert releases_cli.FLAGS[release]["min_face"].default == module.MIN_FACE
+    assert prepare_cli.FLAGS["min_face"].default == 40
+    assert predict_cli.FLAGS["min_face"].default == 40
+
+    seen = []
+    real = common.prepare
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["min_face"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "prepare", recording)
+    raw = tmp_path / "BP4D"
+    bp4d_tree(raw)
+    import_bp4d(raw, tmp_path / "a", landmarks_for=landmarks_for, **KWARGS)
+    import_bp4d(raw, tmp_path / "b", landmarks_for=landmarks_for, min_face=60, **KWARGS)
+    assert seen == [160] * 3 + [60] * 3
+
+    calls = []
+
+    class Report:
+        def summary(self):
+            return "ok"
+
+    monkeypatch.setitem(IMPORTERS, "disfa", lambda *a, **k: calls.append(k["min_face"]) or
+                        Report())
+    for args in ([], ["--min_face", "55"]):
+        assert cli.main(["audjax", "prepare", "disfa", str(raw), "--out", str(tmp_path / "c"),
+                         *args]) == 0
+    assert calls == [120, 55]
+
+
 def test_cli_bp4d_with_dlib_on_synthau_faces(tmp_path):
     pytest.importorskip("dlib")
     from audjax.data.synth.image import render
@@ -486,7 +530,7 @@ def test_cli_bp4d_with_dlib_on_synthau_faces(tmp_path):
         cv2.imwrite(str(raw / "2D+3D" / rel), render(0, "source_train", i, image_size=64).image)
     cv2.imwrite(str(raw / "2D+3D" / "M001/T2/00011.jpg"), np.zeros((96, 96, 3), np.uint8))
     result = run_cli("bp4d", str(raw), "--out", str(out), "--aus", "1 2 4 6 17",
-                     "--out_size", "64", "--workers", "1")
+                     "--out_size", "64", "--workers", "1", "--min_face", "40")  # 64-px frames
     assert result.returncode == 0, result.stderr
     assert "BP4D_train: 3 images (0 from an earlier run), 2 dropped" in result.stdout
     assert "dropped, no face detected: 1" in result.stdout

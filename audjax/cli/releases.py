@@ -26,6 +26,9 @@ DOCS = {
 }
 AUS = {"bp4d": "1 2 4 6 7 10 12 14 15 17 23 24", "disfa": "1 2 4 5 6 9 12 15 17 20 25 26",
        "emotionet": "those the table has columns for"}
+# Each importer's MIN_FACE (audjax.data.releases.*; tests/test_releases.py checks they agree),
+# written out so that the flags are defined without importing the data code.
+MIN_FACE = {"bp4d": 160, "disfa": 120, "emotionet": 40}
 
 
 def _flags(release: str) -> flags.FlagValues:
@@ -47,6 +50,9 @@ def _flags(release: str) -> flags.FlagValues:
                        flag_values=values)
     flags.DEFINE_integer("workers", 0, "processes (0: one per available core)", lower_bound=0,
                          flag_values=values)
+    flags.DEFINE_float("min_face", MIN_FACE[release], "the smallest face dlib looks for, in "
+                       "pixels (larger is faster on large frames; default fit for the release: "
+                       "docs/data.md)", lower_bound=1, flag_values=values)
     if release == "bp4d":
         flags.DEFINE_enum("split", "adld", ["adld", "fold1", "fold2", "fold3"],
                           "adld: ADLD's train / val / test subjects; foldN: JAA-Net's fold N",
@@ -85,7 +91,7 @@ def main(release: str, argv) -> int:
         report = IMPORTERS[release](
             root, values.out, frames=values.frames, labels=values.labels, aus=values.aus,
             name=values.name, out_size=values.out_size, box_enlarge=values.box_enlarge,
-            workers=values.workers or None, **kwargs)
+            workers=values.workers or None, min_face=values.min_face, **kwargs)
     except ValueError as e:  # a ListError names its file and line, the others their flag
         print(f"error: {e}", file=sys.stderr)
         return 1

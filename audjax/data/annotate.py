@@ -68,6 +68,9 @@ SMALLEST_FACE = 80
 # The smallest face searched for by default: dlib's reach on the image upsampled once, which is
 # what annotation did before `min_face` existed (and still does at this value, exactly).
 MIN_FACE = 40
+# The side of the detector's boxes at the pyramid level it finds them at (its window less the
+# padding), in that level's pixels.
+_LEVEL_BOX = 73
 
 
 def as_rgb(image_bgr) -> np.ndarray:
@@ -85,10 +88,14 @@ def find_boxes(rgb, min_face=MIN_FACE):
     """dlib's face boxes in `rgb` (from `as_rgb`), in its pixels, and their scores, most
     confident first.
 
-    The detector looks at a copy scaled by SMALLEST_FACE / min_face, so that a face `min_face`
-    px wide is just large enough for it: large frames are searched downscaled (much cheaper),
-    small ones upsampled. Upsampling by powers of two is left to dlib (as before), only the rest
-    is done here; at min_face 40 this is exactly dlib's run on the image upsampled once.
+    At min_face 40 (and below) this is dlib's run on the image upsampled once (twice, ...), as
+    annotation always did. Larger faces are searched for on level k of that run's pyramid
+    (`_level_image`), the first at a scale of SMALLEST_FACE / min_face or below (its reach is
+    min_face to 1.2 min_face: levels are 5/6 apart); the detector scans it and the smaller
+    levels as that run does, and each box is mapped back the way that run maps it
+    (`_full_box`). For faces of min_face and up that gives the boxes of min_face 40 at a
+    fraction of the cost, all but rarely (the level's pixels differ a little from dlib's, which
+    can tip a near tie between two windows: docs/performance.md); the scores differ a little.
 
     Returns:
       [(left, top, right, bottom), ...] (ints, inclusive, as dlib.rectangle) and their scores.
@@ -96,20 +103,70 @@ def find_boxes(rgb, min_face=MIN_FACE):
     if min_face <= 0:
         raise ValueError(f"min_face={min_face}: must be positive")
     detector, _ = _dlib_models()
-    scale = SMALLEST_FACE / min_face
-    upsample = max(0, math.ceil(math.log2(scale) - 1e-9))
-    resize = scale / 2 ** upsample  # in (0.5, 1]: only ever a downscale
-    height, width = rgb.shape[:2]
-    size = (max(1, round(width * resize)), max(1, round(height * resize)))
-    if size != (width, height):
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    fx, fy = width / size[0], height / size[1]
-    boxes, scores, _ = detector.run(rgb, upsample, 0)
+    if min_face > MIN_FACE:
+        level = math.ceil(math.log(min_face / MIN_FACE) / math.log(6 / 5) - 1e-9)
+        image = _level_image(rgb, level)
+        rects, scores, _ = detector.run(image, 0, 0) if image is not None else ([], [], [])
+        boxes = [_full_box(rect, level) for rect in rects]
+    else:
+        scale = SMALLEST_FACE / min_face
+        upsample = math.ceil(math.log2(scale) - 1e-9)
+        resize = scale / 2 ** upsample  # in (0.5, 1]: only ever a downscale
+        height, width = rgb.shape[:2]
+        size = (max(1, round(width * resize)), max(1, round(height * resize)))
+        if size != (width, height):
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        fx, fy = width / size[0], height / size[1]
+        rects, scores, _ = detector.run(rgb, upsample, 0)
+        boxes = [(round(r.left() * fx), round(r.top() * fy), round(r.right() * fx),
+                  round(r.bottom() * fy)) for r in rects]
     # A stable sort: among equal scores the detector's first box comes first.
     order = sorted(range(len(boxes)), key=lambda i: -scores[i])
-    return ([(round(boxes[i].left() * fx), round(boxes[i].top() * fy),
-              round(boxes[i].right() * fx), round(boxes[i].bottom() * fy)) for i in order],
-            [float(scores[i]) for i in order])
+    return [boxes[i] for i in order], [float(scores[i]) for i in order]
+
+
+def _level_image(rgb, level):
+    """Level `level` of the pyramid dlib's detector scans on `rgb` upsampled once, made in one
+    step: dlib upsamples to the size pyramid_down<2> maps the image to and then shrinks by 5/6
+    (integer sizes) a level at a time, each step a corner-aligned bilinear resize, so the level
+    is a corner-aligned resize of `rgb` to its size. Bilinear, like dlib's steps (no
+    smoothing; tests/test_annotate.py checks the boxes come out the same). None when the
+    level is empty (the image is too small for faces of that size)."""
+    import dlib
+
+    height, width = rgb.shape[:2]
+    up = dlib.pyramid_down(2).rect_up(dlib.rectangle(0, 0, width - 1, height - 1))
+    w, h = up.right() + 1, up.bottom() + 1
+    for _ in range(level):
+        w, h = 5 * w // 6, 5 * h // 6
+    if w < 1 or h < 1:
+        return None
+    matrix = np.array([[(w - 1) / max(1, width - 1), 0, 0], [0, (h - 1) / max(1, height - 1), 0]])
+    return cv2.warpAffine(rgb, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _full_box(rect, level):
+    """The box (left, top, right, bottom) in the image that dlib's run on the image upsampled
+    once reports for the detection it finds where a run on its pyramid level `level` finds
+    `rect`. Both runs find the box as a _LEVEL_BOX square on some level and map it up with
+    pyramid_down<6>.rect_up (rounding once at the end), the first then down with
+    pyramid_down<2>.rect_down: that square is recovered from `rect` and mapped the first run's
+    way, as rounding twice would move the box by a pixel."""
+    import dlib
+
+    pyramid, upsampled = dlib.pyramid_down(6), dlib.pyramid_down(2)
+    above = max(0, round(math.log(rect.width() / _LEVEL_BOX) / math.log(6 / 5)))
+    guess = pyramid.rect_down(rect, above)
+    for dx, dy in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)):
+        left, top = guess.left() + dx, guess.top() + dy
+        square = dlib.rectangle(left, top, left + _LEVEL_BOX - 1, top + _LEVEL_BOX - 1)
+        if pyramid.rect_up(square, above) == rect:
+            break
+    else:  # not expected: map `rect` itself
+        square, above = rect, 0
+    box = upsampled.rect_down(pyramid.rect_up(square, above + level), 1)
+    return box.left(), box.top(), box.right(), box.bottom()
 
 
 def fit_landmarks(rgb, box) -> np.ndarray:
@@ -132,7 +189,9 @@ def detect_faces(image_bgr, min_score=0.0, min_face=MIN_FACE):
     Args:
       image_bgr: HxW (grey) or HxWx3 (BGR, as OpenCV reads it) uint8 image.
       min_score: detections scoring below this are dropped (0 keeps all of dlib's own).
-      min_face: the smallest face to find, in pixels (default 40: the image upsampled once).
+      min_face: the smallest face to find, in pixels (default 40: the image upsampled once;
+        larger values search a level of that run's pyramid: the same boxes for faces of
+        `min_face` and up, much faster on large images).
 
     Returns:
       A list of `Face`, highest score first (empty when there is none).

@@ -260,8 +260,10 @@ def _fingerprint(item, out_size, box_enlarge, min_face):
             h.update(f"{path}|missing".encode())
     if item.landmarks is None:
         # The default min_face is the detection of manifests written before it existed, so
-        # their entries stay valid.
-        h.update(b"dlib" if min_face == MIN_FACE else f"dlib min_face={min_face:g}".encode())
+        # their entries stay valid; other values name the search on the full run's pyramid
+        # levels, whose landmarks differ from those of the earlier scaled copy.
+        h.update(b"dlib" if min_face == MIN_FACE else
+                 f"dlib min_face={min_face:g} levels".encode())
     else:
         h.update(np.asarray(item.landmarks, np.float64).tobytes())
     return h.hexdigest()

@@ -54,6 +54,11 @@ SPLITS = ("adld", "fold1", "fold2", "fold3")
 FRAME_FOLDERS = ("2D+3D", "BP4D-training")
 LABEL_FOLDERS = ("AUCoding/AU_OCC", "AUCoding")
 CSV_CODES = {"0": 0, "1": 1, "9": UNKNOWN}
+# The smallest face dlib looks for (`audjax.data.annotate.detect_faces`): the frames are
+# 1392x1040 with one face of some 400 px and more, so a search for faces of 160 px and up
+# (10-15x faster than the full-resolution one, the same boxes: docs/performance.md)
+# misses none.
+MIN_FACE = 160
 
 
 def subject_splits(split: str) -> dict[str, tuple[str, ...]]:
@@ -170,16 +175,16 @@ def build_splits(frames_dir, labels_dir, *, split="adld", aus=PAPER_AUS,
 
 
 def import_bp4d(root, out, *, frames=None, labels=None, split="adld", aus=PAPER_AUS,
-                name="BP4D", landmarks_for: LandmarksFor | None = None,
+                name="BP4D", landmarks_for: LandmarksFor | None = None, min_face=MIN_FACE,
                 **prepare_kwargs) -> ImportReport:
     """Writes OUT/list/<name>_{train,val,test}_* from the release at `root` (module doc).
 
     `prepare_kwargs` go to `audjax.data.prepare.prepare` (out_size, box_enlarge, workers,
-    progress); `landmarks_for` see `common.LandmarksFor`."""
+    progress), with `min_face` (default MIN_FACE); `landmarks_for` see `common.LandmarksFor`."""
     frames_dir, labels_dir = find_folders(root, frames, labels)
     splits, notes = build_splits(frames_dir, labels_dir, split=split, aus=aus, name=name)
-    reports = [write_split(s, out, landmarks_for=landmarks_for, **prepare_kwargs)
-               for s in splits]
+    reports = [write_split(s, out, landmarks_for=landmarks_for, min_face=min_face,
+                           **prepare_kwargs) for s in splits]
     if split != "adld":
         reports.insert(1, copy_split(reports[-1], out, f"{name}_val"))
     return ImportReport(release=f"BP4D ({split}; frames {frames_dir}, labels {labels_dir})",

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from audjax.data import annotate
 from audjax.data.lists import ListError
 from audjax.data.prepare import IMAGE_SUFFIXES, RawItem
 from audjax.data.releases.common import (
@@ -46,6 +47,9 @@ EMOTIONET_AUS = range(1, 100)
 TRAIN_SIZE = 200_000  # the paper's unlabelled training images
 UNLABELLED_FOLDER = "unlabelled"
 TABLE_SUFFIXES = (".csv", ".xlsx")
+# The smallest face dlib looks for (`audjax.data.annotate.detect_faces`): web photos of any
+# size with faces of any size, so the full-resolution search (faces of 40 px and up).
+MIN_FACE = annotate.MIN_FACE
 
 
 def column_name(header: str) -> str:
@@ -246,9 +250,10 @@ def build_splits(table, images_dir, unlabelled_dir, *, aus=PAPER_AUS, url_to_fil
 
 def import_emotionet(root, out, *, frames=None, labels=None, unlabelled=None, aus=PAPER_AUS,
                      url_to_file="basename", train_size=TRAIN_SIZE, name="emotioNet",
-                     landmarks_for: LandmarksFor | None = None,
+                     landmarks_for: LandmarksFor | None = None, min_face=MIN_FACE,
                      **prepare_kwargs) -> ImportReport:
-    """Writes OUT/list/<name>_{train,val,test}_* from the release at `root` (module doc)."""
+    """Writes OUT/list/<name>_{train,val,test}_* from the release at `root` (module doc);
+    `min_face` (default MIN_FACE) and `prepare_kwargs` go to `audjax.data.prepare.prepare`."""
     root = Path(root)
     aus = parse_aus(aus, EMOTIONET_AUS, "EmotioNet")
     table = Path(labels) if labels is not None else find_table(root)
@@ -260,8 +265,8 @@ def import_emotionet(root, out, *, frames=None, labels=None, unlabelled=None, au
     unlabelled = Path(unlabelled) if unlabelled is not None else root / UNLABELLED_FOLDER
     splits, notes = build_splits(table, images_dir, unlabelled, aus=aus,
                                  url_to_file=url_to_file, train_size=train_size, name=name)
-    reports = [write_split(s, out, landmarks_for=landmarks_for, num_aus=len(aus), **prepare_kwargs)
-               for s in splits]
+    reports = [write_split(s, out, landmarks_for=landmarks_for, num_aus=len(aus),
+                           min_face=min_face, **prepare_kwargs) for s in splits]
     return ImportReport(release=f"EmotioNet (table {table}, images {images_dir})",
                         aus=aus, splits=tuple(reports),
                         notes=notes)
