@@ -47,8 +47,12 @@ LR, EPS, B1, B2 = 1e-3, 0.1, 0.9, 0.999
 # of the terms. Two things amplify it, so agreement is measured against each network's largest
 # gradient: terms of that size that cancel (the adversarial terms weigh 400), and batch norm over
 # a channel whose batch variance is near zero at init, which divides the rounding of its mean by
-# sqrt(var + eps). Per-device batch statistics, or a batch split wrongly, differ by O(1) here.
-GRAD_TOL = 1e-3
+# sqrt(var + eps); and the L1 reconstruction terms, whose gradients sum the signs of residuals
+# that are zero up to rounding. With JAX_DISABLE_MOST_OPTIMIZATIONS (conftest.py) E_l's gradient
+# moved by up to 1e-2 of its largest on one host. Batch norm with per-device statistics moves
+# E_f's gradient by about its largest value and those of E_l, E_au and the landmark head by 0.07-0.2
+# of theirs, so the test still sees it.
+GRAD_TOL = 2e-2
 
 
 def assert_first_step_agrees(four, one):
