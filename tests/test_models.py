@@ -66,9 +66,8 @@ def test_shapes(crop):
     f = features(s)
     a = jax.nn.softmax(jax.random.normal(KEY, (2, s, s, L)))
 
-    def run(module, *args):
-        variables = module.init(KEY, *args)
-        return module.apply(variables, *args)
+    def run(module, *args):  # traced only: the shapes without computing (or compiling) them
+        return jax.eval_shape(lambda: module.apply(module.init(KEY, *args), *args))
 
     assert run(models.FeatureExtractor(), image).shape == (2, s, s, 64)
     assert run(models.LandmarkNet(), image).shape == (2, L, 2)
