@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 # The switch: None = on when the default backend is the CPU; True / False = forced.
@@ -142,8 +143,7 @@ def _winograd_tiles(kernel_shape) -> WinogradTiles:
 
 
 def _combine(coefs, terms):
-    """sum_i coefs[i] * terms[i], skipping zeros: the transforms are sums of a few terms with
-    small coefficients, which XLA fuses into the slicing around them."""
+    """sum_i coefs[i] * terms[i], skipping zeros (F(2x2)'s transposed input transform)."""
     out = None
     for c, t in zip(coefs, terms, strict=True):
         if c != 0:
@@ -157,17 +157,21 @@ def winograd_conv3x3(x, kernel):
     or F(2x2, 3x3), whichever is faster for the layer's channel counts (`_winograd_tiles`).
 
     The map is cut into m x m output tiles (sizes that m does not divide padded and cropped
-    back). Each of the (m + 2)^2 positions of the transformed input tiles is one matmul
+    back). The (m + 2)^2 entries of every input tile are stacked into one array, and each
+    transform is one matmul with a Kronecker product of the algorithm's small matrices
+    (B^T (x) B^T for the input tiles, A^T (x) A^T for the output tiles), so that a layer is a
+    handful of XLA:CPU kernels: written as sums of strided slices, each transformed position
+    compiled as kernels of its own, which made the paper-size step take minutes to compile
+    (docs/performance.md). The products are one batched matmul over the (m + 2)^2 positions,
     (tiles x C_in) @ (C_in x C_out): per output position 2.25 (F(4x4)) or 4 (F(2x2))
     multiplications per input and output channel instead of the direct convolution's 9. The
     kernel gradient runs the algorithm backwards from the output gradient's transform
     dM = A dY A^T: the same matmuls V^T dM, contracted over tiles. F(2x2)'s input gradient is
     dM U^T taken back through the transposed input transform (`_winograd_input_transpose`);
     F(4x4)'s is a second F(4x4) convolution, of the output gradient with the kernel turned by
-    180 degrees, because XLA:CPU fuses F(4x4)'s transposed transform, whose tiles overlap
-    less regularly, into one slow loop. The positions stay separate arrays (stacking them
-    would cost XLA:CPU a copy of the transformed input). Rounding differs from the direct
-    convolution's, more for F(4x4), whose transforms have larger coefficients.
+    180 degrees, because XLA:CPU runs F(4x4)'s transposed transform, whose tiles overlap less
+    regularly, slowly. Rounding differs from the direct convolution's, more for F(4x4), whose
+    transforms have larger coefficients.
     """
     if _winograd_tiles(kernel.shape) is F4:
         return _winograd_conv_f4(x, kernel)
@@ -178,21 +182,29 @@ def _tiles(h, w, m):
     return -(-h // m), -(-w // m)
 
 
+def _kron(rows) -> np.ndarray:
+    """M (x) M for a transform matrix M given as rows: the matrix that applies M to both axes
+    of a flattened tile."""
+    m = np.asarray(rows, np.float64)
+    return np.kron(m, m)
+
+
 def _winograd_input(x, t=F2):
-    """B^T d B for every input tile d: (m + 2)^2 arrays (tiles, C), one per transformed
-    position. Tile (i, j) is xp[m i : m i + m + 2, m j : m j + m + 2] of the zero-padded map;
-    rows first, then columns."""
+    """B^T d B for every input tile d: ((m + 2)^2, tiles, C), rows of the tile first.
+
+    Tile (i, j) is xp[m i : m i + m + 2, m j : m j + m + 2] of the zero-padded map xp, that is
+    row block i of xp (m rows) and the first 2 rows of block i + 1, and the same for columns,
+    so the tiles are gathered by reshapes and two concatenations."""
     n, h, w, c = x.shape
     m, a = t.m, t.m + 2
     th, tw = _tiles(h, w, m)
-    xp = jnp.pad(x, ((0, 0), (1, 1 + m * th - h), (1, 1 + m * tw - w), (0, 0)))
-    rows = [xp[:, r:r + m * th:m] for r in range(a)]
-    v = []
-    for bt_row in t.bt:
-        combined = _combine(bt_row, rows)
-        cols = [combined[:, :, s:s + m * tw:m] for s in range(a)]
-        v += [_combine(bt_col, cols).reshape(n * th * tw, c) for bt_col in t.bt]
-    return v
+    xp = jnp.pad(x, ((0, 0), (1, m * (th + 1) - h - 1), (1, m * (tw + 1) - w - 1), (0, 0)))
+    blocks = xp.reshape(n, th + 1, m, m * (tw + 1), c)
+    rows = jnp.concatenate([blocks[:, :th], blocks[:, 1:, :2]], axis=2)  # (n, th, a, W, c)
+    blocks = rows.reshape(n, th, a, tw + 1, m, c)
+    d = jnp.concatenate([blocks[:, :, :, :tw], blocks[:, :, :, 1:, :2]], axis=4)
+    d = d.transpose(2, 4, 0, 1, 3, 5).reshape(a * a, n * th * tw * c)  # (a*a, tiles * c)
+    return (jnp.asarray(_kron(t.bt), x.dtype) @ d).reshape(a * a, n * th * tw, c)
 
 
 def _winograd_kernel(kernel, t=F2):
@@ -201,43 +213,40 @@ def _winograd_kernel(kernel, t=F2):
     return jnp.einsum("ar,rsio,bs->abio", g, kernel, g).reshape(-1, *kernel.shape[2:])
 
 
-def _winograd_output(m, shape, t=F2):
-    """A^T M A for every tile from the (m + 2)^2 products (tiles, C_out), each tile's m x m
+def _winograd_output(products, shape, t=F2):
+    """A^T M A for every tile from the products M, ((m + 2)^2, tiles, C_out), each tile's m x m
     outputs put back in place: (n, h, w, C_out)."""
     n, h, w = shape
-    a = t.m + 2
-    th, tw = _tiles(h, w, t.m)
-    m = [p.reshape(n, th, tw, -1) for p in m]
-    m_rows = [[_combine(at_row, m[b::a]) for b in range(a)] for at_row in t.at]
-    y = jnp.stack([jnp.stack([_combine(at_col, mr) for at_col in t.at], axis=-2)
-                   for mr in m_rows], axis=2)  # (n, th, m, tw, m, C_out)
-    return y.reshape(n, t.m * th, t.m * tw, -1)[:, :h, :w]
+    m = t.m
+    th, tw = _tiles(h, w, m)
+    y = (jnp.asarray(_kron(t.at), products.dtype) @ products.reshape(len(products), -1))
+    y = y.reshape(m, m, n, th, tw, -1).transpose(2, 3, 0, 4, 1, 5)  # (n, th, m, tw, m, C_out)
+    return y.reshape(n, m * th, m * tw, -1)[:, :h, :w]
 
 
 def _winograd_output_transpose(dy, t=F2):
-    """The transpose of `_winograd_output`: A dY A^T for every m x m tile of dy, (m + 2)^2
-    arrays (tiles, C). Reads dy through a reshape, where the input transform needs strided
-    slices."""
+    """The transpose of `_winograd_output`: A dY A^T for every m x m tile of dy,
+    ((m + 2)^2, tiles, C)."""
     n, h, w, c = dy.shape
     m = t.m
     th, tw = _tiles(h, w, m)
     dy = jnp.pad(dy, ((0, 0), (0, m * th - h), (0, m * tw - w), (0, 0)))
-    dy = dy.reshape(n, th, m, tw, m, c)
-    at_cols = list(zip(*t.at, strict=True))
-    d_rows = [_combine(col, [dy[:, :, r] for r in range(m)]) for col in at_cols]
-    return [_combine(col, [dr[:, :, :, r] for r in range(m)]).reshape(-1, c)
-            for dr in d_rows for col in at_cols]
+    dy = dy.reshape(n, th, m, tw, m, c).transpose(2, 4, 0, 1, 3, 5).reshape(m * m, -1)
+    return (jnp.asarray(_kron(t.at).T, dy.dtype) @ dy).reshape(-1, n * th * tw, c)
+
+
+# The products of every transformed position at once: batch over positions, contract channels.
+_OVER_POSITIONS = (((2,), (1,)), ((0,), (0,)))
 
 
 def _winograd_forward(x, kernel, t):
     v, u = _winograd_input(x, t), _winograd_kernel(kernel, t)
-    return _winograd_output([vi @ u[i] for i, vi in enumerate(v)], x.shape[:3], t), v, u
+    return _winograd_output(lax.dot_general(v, u, _OVER_POSITIONS), x.shape[:3], t), v, u
 
 
 def _winograd_kernel_grad(v, dm, t):
     """The kernel gradient from the transformed input and output gradient: G^T (V^T dM) G."""
-    over_tiles = (((0,), (0,)), ((), ()))
-    du = jnp.stack([lax.dot_general(vi, di, over_tiles) for vi, di in zip(v, dm, strict=True)])
+    du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # (positions, C_in, C_out)
     g = jnp.asarray(t.g, du.dtype)
     a = t.m + 2
     return jnp.einsum("ar,abio,bs->rsio", g, du.reshape(a, a, *du.shape[1:]), g)
@@ -254,15 +263,15 @@ def _winograd_fwd(x, kernel):
 
 
 def _winograd_input_transpose(dv, shape):
-    """The transpose of F(2x2)'s `_winograd_input`: B dV B^T for every tile from the 16 arrays
-    (tiles, C), each 4x4 result added into the map where its input tile lay. Tiles overlap by 2
-    rows and columns, so the map is built as 2x2 blocks: block (i, j), entry (p, q) sums entry
+    """The transpose of F(2x2)'s `_winograd_input`: B dV B^T for every tile from dV (16, tiles,
+    C), each 4x4 result added into the map where its input tile lay. Tiles overlap by 2 rows
+    and columns, so the map is built as 2x2 blocks: block (i, j), entry (p, q) sums entry
     (p + 2a, q + 2b) of tile (i - a, j - b) for a, b in {0, 1}, shifted into place by padding;
     then the zero padding of the forward pass is cut off. One pass that writes the map, where
-    the autodiff transpose of the strided slices wrote a padded map per slice."""
+    the autodiff transpose of the tile gathering wrote a padded map per piece."""
     n, h, w = shape
     th, tw = _tiles(h, w, 2)
-    c = dv[0].shape[-1]
+    c = dv.shape[-1]
     dv = [d.reshape(n, th, tw, c) for d in dv]
     bt_cols = list(zip(*F2.bt, strict=True))
     rows = [[_combine(bt_cols[r], dv[col::4]) for col in range(4)] for r in range(4)]
@@ -280,7 +289,7 @@ def _winograd_input_transpose(dv, shape):
 def _winograd_bwd(residuals, dy):
     v, u = residuals  # the transformed input and kernel of the forward pass
     dm = _winograd_output_transpose(dy, F2)
-    dv = [di @ u[i].T for i, di in enumerate(dm)]
+    dv = lax.dot_general(dm, u, (((2,), (2,)), ((0,), (0,))))  # dM U^T: (16, tiles, C_in)
     return _winograd_input_transpose(dv, dy.shape[:3]), _winograd_kernel_grad(v, dm, F2)
 
 
