@@ -64,11 +64,11 @@ flags.DEFINE_integer("bench_count", 20, "--bench: images timed end to end (the i
 
 def front_end_flags(f) -> dict:
     """The Detector's front-end keyword arguments from the flags."""
-    from audjax.inference.frontend import default_workers
+    from audjax.data.prepare import available_cores
 
     return {"min_face_score": f.min_face_score, "min_face": f.min_face,
             "track": f.track == "on", "detect_every": f.detect_every,
-            "workers": f.workers or default_workers()}
+            "workers": f.workers or available_cores()}
 
 
 def main(argv) -> int:

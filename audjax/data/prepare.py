@@ -287,11 +287,16 @@ def _read_manifest(file):
 # The work on one item, in a worker process
 
 
+def available_cores() -> int:
+    """The cores this process may run on: the default number of worker processes."""
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1)
+
+
 def _run(tasks, workers):
     """Yields (index, entry) for each task, in completion order."""
     if workers is None:
-        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count() or 1)
+        workers = available_cores()
     workers = min(workers, len(tasks))
     if workers <= 1:
         yield from map(_process, tasks)
@@ -460,11 +465,12 @@ def bench(images, out, name, *, min_face, workers=1) -> dict:
     items = [RawItem(str(p), p.relative_to(root).as_posix()) for p in files]
     results = {}
     for label, face in (("full", MIN_FACE), ("fast", min_face)):
+        manifest_file = Path(f"{Path(out) / 'list' / name}_{label}_manifest.jsonl")
         # A bench times the work: an earlier run's manifest would let it skip every image.
-        Path(f"{Path(out) / 'list' / name}_{label}_manifest.jsonl").unlink(missing_ok=True)
+        manifest_file.unlink(missing_ok=True)
         report = prepare(items, out, f"{name}_{label}", annotate=True, min_face=face,
                          workers=workers, progress=False)
-        manifest = _read_manifest(Path(f"{Path(out) / 'list' / name}_{label}_manifest.jsonl"))
+        manifest = _read_manifest(manifest_file)
         results[label] = (report, {k: e["detected"] for k, e in manifest.items()})
     both = [k for k, v in results["full"][1].items() if v is not None
             and results["fast"][1].get(k) is not None]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import queue
 import time
 from collections.abc import Iterator
@@ -150,12 +149,6 @@ class FrontEnd:
         faces = [self.align(image, f.landmarks, f.box, f.score, f.face_id) for f in found]
         seconds["align"] = time.perf_counter() - middle
         return faces
-
-
-def default_workers() -> int:
-    """One per core this process may use."""
-    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1)
 
 
 def stream(front: FrontEnd, inputs, *, every: int = 1, workers: int = 1) -> Iterator:
