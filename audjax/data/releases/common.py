@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from audjax.data.lists import list_file, read_lists, write_weights
-from audjax.data.prepare import PrepareReport, RawItem, prepare
+from audjax.data.prepare import IMAGE_SUFFIXES, PrepareReport, RawItem, prepare
 from audjax.files import atomic_write
 from audjax.labels import UNKNOWN, au_weights
 
@@ -183,7 +183,7 @@ def _reasons(dropped) -> str:
     return ", ".join(f"{reason}: {count}" for reason, count in counts) or "none"
 
 
-def frame_index(folder: Path, suffixes=(".jpg", ".jpeg", ".png", ".bmp")) -> dict[int, Path]:
+def frame_index(folder: Path, suffixes=IMAGE_SUFFIXES) -> dict[int, Path]:
     """{frame number: file} of the image files in `folder` named by a number, whatever their
     zero padding (0001.jpg, 2440.jpg, 00001.jpg); {} when the folder does not exist."""
     if not folder.is_dir():
