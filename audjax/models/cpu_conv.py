@@ -143,7 +143,7 @@ def _winograd_tiles(kernel_shape) -> WinogradTiles:
 
 
 def _combine(coefs, terms):
-    """sum_i coefs[i] * terms[i], skipping zeros (F(2x2)'s transposed input transform)."""
+    """sum_i coefs[i] * terms[i], skipping zeros: a row of a transform matrix applied to terms."""
     out = None
     for c, t in zip(coefs, terms, strict=True):
         if c != 0:
@@ -192,19 +192,19 @@ def _kron(rows) -> np.ndarray:
 def _winograd_input(x, t=F2):
     """B^T d B for every input tile d: ((m + 2)^2, tiles, C), rows of the tile first.
 
-    Tile (i, j) is xp[m i : m i + m + 2, m j : m j + m + 2] of the zero-padded map xp, that is
-    row block i of xp (m rows) and the first 2 rows of block i + 1, and the same for columns,
-    so the tiles are gathered by reshapes and two concatenations."""
+    Tile (i, j) is xp[m i : m i + m + 2, m j : m j + m + 2] of the zero-padded map xp. B^T is
+    applied to the rows of all tiles at once, as m + 2 sums of row-strided slices of xp stacked
+    into one array (one XLA:CPU kernel), and then to the columns of the result the same way:
+    two passes over the data and no transpose."""
     n, h, w, c = x.shape
     m, a = t.m, t.m + 2
     th, tw = _tiles(h, w, m)
     xp = jnp.pad(x, ((0, 0), (1, m * (th + 1) - h - 1), (1, m * (tw + 1) - w - 1), (0, 0)))
-    blocks = xp.reshape(n, th + 1, m, m * (tw + 1), c)
-    rows = jnp.concatenate([blocks[:, :th], blocks[:, 1:, :2]], axis=2)  # (n, th, a, W, c)
-    blocks = rows.reshape(n, th, a, tw + 1, m, c)
-    d = jnp.concatenate([blocks[:, :, :, :tw], blocks[:, :, :, 1:, :2]], axis=4)
-    d = d.transpose(2, 4, 0, 1, 3, 5).reshape(a * a, n * th * tw * c)  # (a*a, tiles * c)
-    return (jnp.asarray(_kron(t.bt), x.dtype) @ d).reshape(a * a, n * th * tw, c)
+    rows = [xp[:, r:r + m * (th - 1) + 1:m] for r in range(a)]  # row r of every tile
+    xr = jnp.stack([_combine(t.bt[p], rows) for p in range(a)])  # (a, n, th, W, c)
+    cols = [xr[:, :, :, s:s + m * (tw - 1) + 1:m] for s in range(a)]  # (a, n, th, tw, c)
+    return jnp.stack([_combine(t.bt[q], cols) for q in range(a)], axis=1).reshape(
+        a * a, n * th * tw, c)
 
 
 def _winograd_kernel(kernel, t=F2):
