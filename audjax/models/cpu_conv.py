@@ -157,21 +157,20 @@ def winograd_conv3x3(x, kernel):
     or F(2x2, 3x3), whichever is faster for the layer's channel counts (`_winograd_tiles`).
 
     The map is cut into m x m output tiles (sizes that m does not divide padded and cropped
-    back). The (m + 2)^2 entries of every input tile are stacked into one array, and each
-    transform is one matmul with a Kronecker product of the algorithm's small matrices
-    (B^T (x) B^T for the input tiles, A^T (x) A^T for the output tiles), so that a layer is a
-    handful of XLA:CPU kernels: written as sums of strided slices, each transformed position
-    compiled as kernels of its own, which made the paper-size step take minutes to compile
+    back). The input transform B^T d B is applied to the rows and then to the columns of every
+    (m + 2) x (m + 2) input tile d, each pass one XLA:CPU kernel (`_winograd_input`); the output
+    transform is one matmul with the Kronecker product A^T (x) A^T. A layer is thus a handful of
+    kernels: with a kernel per transformed position, the paper-size step took minutes to compile
     (docs/performance.md). The products are one batched matmul over the (m + 2)^2 positions,
     (tiles x C_in) @ (C_in x C_out): per output position 2.25 (F(4x4)) or 4 (F(2x2))
     multiplications per input and output channel instead of the direct convolution's 9. The
-    kernel gradient runs the algorithm backwards from the output gradient's transform
-    dM = A dY A^T: the same matmuls V^T dM, contracted over tiles. F(2x2)'s input gradient is
-    dM U^T taken back through the transposed input transform (`_winograd_input_transpose`);
-    F(4x4)'s is a second F(4x4) convolution, of the output gradient with the kernel turned by
-    180 degrees, because XLA:CPU runs F(4x4)'s transposed transform, whose tiles overlap less
-    regularly, slowly. Rounding differs from the direct convolution's, more for F(4x4), whose
-    transforms have larger coefficients.
+    kernel gradient runs the algorithm backwards from the output gradient's transform dM = A dY
+    A^T: the same matmuls V^T dM, contracted over tiles. F(2x2)'s input gradient is dM U^T taken
+    back through the transposed input transform (`_winograd_input_transpose`); F(4x4)'s is a
+    second F(4x4) convolution, of the output gradient with the kernel turned by 180 degrees,
+    because XLA:CPU runs F(4x4)'s transposed transform, whose tiles overlap less regularly,
+    slowly. Rounding differs from the direct convolution's, more for F(4x4), whose transforms
+    have larger coefficients.
     """
     if _winograd_tiles(kernel.shape) is F4:
         return _winograd_conv_f4(x, kernel)
