@@ -15,6 +15,7 @@ Separate optax states matter: the discriminators and the rest update in differen
 a single partitioned optimizer would still advance Adam's moments on the idle group's zeros.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -125,7 +126,15 @@ def init_variables(config: Config, nets, names, key):
 
     With `config.init == "torch"` every conv and dense layer starts as PyTorch's defaults (as
     ADLD's networks do); the projectors keep their identity start either way (docs/design.md §4).
+
+    The initialisers run as one compiled program, which gives the same values as running them
+    op by op and takes a fraction of the time: op by op, every initialiser of every shape is
+    compiled on its own, and the forward pass Flax traces to find the shapes is computed.
     """
+    return jax.jit(functools.partial(_init_variables, config, nets, names))(key)
+
+
+def _init_variables(config: Config, nets, names, key):
     params, batch_stats = {}, {}
     for name in names:
         k = jax.random.fold_in(key, seeds.name_id(name))
@@ -180,8 +189,12 @@ def group_params(params, group: str):
 
 
 def create_state(config: Config, nets, names, txs, key) -> TrainState:
-    params, batch_stats = init_variables(config, nets, names, key)
-    return fresh_optimizer_state(params, batch_stats, txs)
+    """A state at step 0 with fresh weights (`init_variables`), compiled as one program."""
+    def create(key):
+        params, batch_stats = _init_variables(config, nets, names, key)
+        return fresh_optimizer_state(params, batch_stats, txs)
+
+    return jax.jit(create)(key)
 
 
 def fresh_optimizer_state(params, batch_stats, txs) -> TrainState:

@@ -416,7 +416,9 @@ def evaluate_checkpoint(config: Config, checkpoint, data: Data, out_dir: Path, m
     phase = model_config.phase
     nets = state_lib.build_networks(model_config, len(model_config.au_names))
     names = state_lib.network_names(model_config, phase)
-    params, bs = state_lib.init_variables(model_config, nets, names, jax.random.PRNGKey(0))
+    # Shapes only: the weights come from the checkpoint.
+    params, bs = jax.eval_shape(
+        lambda: state_lib.init_variables(model_config, nets, names, jax.random.PRNGKey(0)))
     params, bs = parallel.replicate(mesh, checkpoints.load_weights(step_dir, params, bs))
     evaluator = Evaluator(model_config, nets, names, mesh)
     results = {"checkpoint": str(step_dir), "phase": phase, "model": model_config.model,
