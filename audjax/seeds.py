@@ -1,9 +1,11 @@
 """Seeds derived from the run's one `--seed` and a name: the same in every process and on resume.
 
 One seed drives everything random in a run: the networks' initial weights (a key per network,
-`jax.random.fold_in(key, name_id(name))`) and each training data stream's order and augmentation
-(`stream_seed(seed, "source")`, `stream_seed(seed, "target")`). Names never go through Python's
-`hash()`, which is randomised per process.
+`jax.random.fold_in(key, name_id(name))`, and under `--init=torch` a key per re-drawn kernel and
+bias, folded from that with `path_id(path)`) and each training data stream's order and
+augmentation (`stream_seed(seed, "source")`, `stream_seed(seed, "target")`). Names never go
+through Python's `hash()`, which is randomised per process. The three derivations differ only
+for history: each fixes the numbers of runs already made, so none is replaced by another.
 """
 
 import hashlib
@@ -18,6 +20,19 @@ def name_id(name: str) -> int:
     (565, 583)
     """
     return sum((i + 1) * ord(ch) for i, ch in enumerate(name))
+
+
+def path_id(path: str) -> int:
+    """A 31-bit integer from a parameter path such as "/conv0/kernel", to fold into a network's
+    key: each kernel and bias that `--init=torch` draws again gets its own key.
+
+    >>> path_id("/conv0/kernel") == path_id("/conv0/kernel") != path_id("/conv0/bias")
+    True
+    """
+    h = 0
+    for ch in path:
+        h = (h * 131 + ord(ch)) % 2_147_483_647
+    return h
 
 
 def stream_seed(seed: int, name: str) -> int:

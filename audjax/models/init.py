@@ -19,6 +19,8 @@ import math
 
 import jax
 
+from audjax import seeds
+
 
 def _uniform(key, shape, bound, dtype):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -48,20 +50,12 @@ def torch_default_init(params: dict, key) -> dict:
             if isinstance(value, dict) or not (name == "kernel" or name.endswith("_kernel")):
                 continue
             bound = 1.0 / math.sqrt(math.prod(value.shape[:-1]))
-            k = jax.random.fold_in(key, _path_id(f"{path}/{name}"))
+            k = jax.random.fold_in(key, seeds.path_id(f"{path}/{name}"))
             out[name] = _uniform(k, value.shape, bound, value.dtype)
             bias = name.removesuffix("kernel") + "bias"
             if bias in tree:
-                kb = jax.random.fold_in(key, _path_id(f"{path}/{bias}"))
+                kb = jax.random.fold_in(key, seeds.path_id(f"{path}/{bias}"))
                 out[bias] = _uniform(kb, tree[bias].shape, bound, tree[bias].dtype)
         return out
 
     return walk(dict(params), "")
-
-
-def _path_id(path: str) -> int:
-    """A 31-bit integer from a parameter path, the same in every process."""
-    h = 0
-    for ch in path:
-        h = (h * 131 + ord(ch)) % 2_147_483_647
-    return h
