@@ -107,11 +107,12 @@ def apply_net(nets, name, params, batch_stats, *args, train: bool):
     return out, {**batch_stats, name: updated["batch_stats"]}
 
 
-def _dummy_inputs(config: Config, name: str):
+def _input_shapes(config: Config, name: str):
+    """The shapes of the inputs network `name` is initialised on (a batch of one)."""
     s, c, nl = config.map_size, models.feature_channels(config.width), config.num_landmarks
-    image = jnp.zeros((1, config.crop, config.crop, 3))
-    feats = jnp.zeros((1, s, s, c))
-    attention = jnp.zeros((1, s, s, nl))
+    image = jax.ShapeDtypeStruct((1, config.crop, config.crop, 3), jnp.float32)
+    feats = jax.ShapeDtypeStruct((1, s, s, c), jnp.float32)
+    attention = jax.ShapeDtypeStruct((1, s, s, nl), jnp.float32)
     return {
         "landmark_net": (image,),
         "E_f": (image,),
@@ -126,25 +127,34 @@ def init_variables(config: Config, nets, names, key):
 
     With `config.init == "torch"` every conv and dense layer starts as PyTorch's defaults (as
     ADLD's networks do); the projectors keep their identity start either way (docs/design.md §4).
-
-    The initialisers run as one compiled program, which gives the same values as running them
-    op by op and takes a fraction of the time: op by op, every initialiser of every shape is
-    compiled on its own, and the forward pass Flax traces to find the shapes is computed.
     """
-    return jax.jit(functools.partial(_init_variables, config, nets, names))(key)
-
-
-def _init_variables(config: Config, nets, names, key):
     params, batch_stats = {}, {}
     for name in names:
-        k = jax.random.fold_in(key, seeds.name_id(name))
-        v = nets[name].init(k, *_dummy_inputs(config, name))
+        inputs, treedef = jax.tree.flatten(_input_shapes(config, name))
+        init = _initialiser(nets[name], treedef, tuple(x.shape for x in inputs),
+                            config.init == "torch" and name != "P")
+        v = init(jax.random.fold_in(key, seeds.name_id(name)))
         params[name] = v["params"]
-        if config.init == "torch" and name != "P":
-            params[name] = models.torch_default_init(params[name], jax.random.fold_in(k, 1))
         if "batch_stats" in v:
             batch_stats[name] = v["batch_stats"]
     return params, batch_stats
+
+
+@functools.cache
+def _initialiser(net: nn.Module, treedef, shapes, torch_init: bool):
+    """A network's initialisation as one jitted function of its key, kept for the process:
+    modules with equal fields share it (Flax modules hash by their fields).
+
+    Compiled, the initialisers give the values they give op by op in a fraction of the time: op
+    by op, every initialiser of every shape is compiled on its own, and the forward pass that
+    Flax traces to find the shapes is computed."""
+    def init(key):
+        v = net.init(key, *jax.tree.unflatten(treedef, [jnp.zeros(s) for s in shapes]))
+        if torch_init:
+            v = {**v, "params": models.torch_default_init(v["params"], jax.random.fold_in(key, 1))}
+        return v
+
+    return jax.jit(init)
 
 
 def lr_factors(config: Config) -> list[float]:
@@ -189,12 +199,8 @@ def group_params(params, group: str):
 
 
 def create_state(config: Config, nets, names, txs, key) -> TrainState:
-    """A state at step 0 with fresh weights (`init_variables`), compiled as one program."""
-    def create(key):
-        params, batch_stats = _init_variables(config, nets, names, key)
-        return fresh_optimizer_state(params, batch_stats, txs)
-
-    return jax.jit(create)(key)
+    params, batch_stats = init_variables(config, nets, names, key)
+    return fresh_optimizer_state(params, batch_stats, txs)
 
 
 def fresh_optimizer_state(params, batch_stats, txs) -> TrainState:
