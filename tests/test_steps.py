@@ -28,11 +28,22 @@ def batch(seed, b=2, crop=64):
 
 
 @functools.cache
-def setup(model="C", **weights):
+def networks(model="C", **weights):
+    """(config, networks, optimizers, the fresh state's shapes) of a joint-phase model."""
     config = CONFIG.replace(model=model, **weights)
     nets = state_lib.build_networks(config, K)
     names = state_lib.network_names(config, "joint")
     txs = state_lib.make_optimizers(config, names, 10, "joint")
+    shapes = jax.eval_shape(lambda: state_lib.create_state(config, nets, names, txs,
+                                                           jax.random.PRNGKey(0)))
+    return config, nets, txs, shapes
+
+
+@functools.cache
+def setup(model="C", **weights):
+    """`networks` with the fresh state itself."""
+    config, nets, txs, _ = networks(model, **weights)
+    names = state_lib.network_names(config, "joint")
     state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(0))
     return config, nets, txs, state
 
@@ -209,9 +220,9 @@ def test_terms_and_networks_follow_the_weights(model, weights, terms, networks):
 
 
 def step_flops(model, **weights):
-    config, nets, txs, state = setup(model, **weights)
+    config, nets, txs, shapes = networks(model, **weights)
     step = steps.make_train_step(config, "joint", nets, txs, np.ones(K))
-    cost = step.lower(state, batch(7)).cost_analysis()
+    cost = step.lower(shapes, batch(7)).cost_analysis()
     return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -34,7 +35,9 @@ def final_params(run):
 
 def test_all_phases_then_resume(synth_root, tmp_path):
     run = tmp_path / "run"
-    results = train_and_evaluate(tiny(synth_root, phase="all"), run)
+    # Both phases stop after 4 steps, the joint phase halfway through its 2 epochs (the resumed
+    # and the uninterrupted run below then compile the same step).
+    results = train_and_evaluate(tiny(synth_root, phase="all", epochs=2, max_steps=4), run)
 
     # Records of each phase.
     for phase in ("pretrain", "joint"):
@@ -68,15 +71,15 @@ def test_all_phases_then_resume(synth_root, tmp_path):
     (plan,) = preflight.plan_run(ft, tmp_path / "finetune").phases
     assert plan.start == "finetune" and plan.resume is None
     nets = state_lib.build_networks(ft, 6)
-    params, bs = state_lib.init_variables(ft, nets, state_lib.network_names(ft, "joint"),
-                                          jax_key())
+    params, bs = jax.eval_shape(lambda: state_lib.init_variables(
+        ft, nets, state_lib.network_names(ft, "joint"), jax.random.PRNGKey(3)))
     params, bs = _initial_weights(plan, params, bs)
     best_dir = checkpoints.resolve_checkpoint(run / "joint")
     best = ocp.StandardCheckpointer().restore((best_dir / "state").absolute())
-    for a, b in zip(jax_leaves(params), jax_leaves(best["params"]), strict=True):
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(best["params"]), strict=True):
         np.testing.assert_array_equal(a, b)
 
-    # Resume: a second epoch continues from step 4 ...
+    # Resume: the joint phase continues from step 4 to the end of its second epoch ...
     resumed_cfg = tiny(synth_root, phase="joint", epochs=2, init_from=str(run / "pretrain"))
     train_and_evaluate(resumed_cfg, run / "joint")
     step, resumed = final_params(run / "joint")
@@ -87,35 +90,27 @@ def test_all_phases_then_resume(synth_root, tmp_path):
     step2, direct = final_params(straight)
     assert step2 == 8
     for name in direct["params"]:
-        for a, b in zip(jax_leaves(resumed["params"][name]), jax_leaves(direct["params"][name]),
-                        strict=True):
+        for a, b in zip(jax.tree.leaves(resumed["params"][name]),
+                        jax.tree.leaves(direct["params"][name]), strict=True):
             np.testing.assert_array_equal(a, b)
 
 
-def jax_key():
-    import jax
-
-    return jax.random.PRNGKey(3)
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
+def model_a(root, **kw):
+    """Model A, two steps an epoch, two epochs (the runs of the next two tests share its step)."""
+    return tiny(root, **{"phase": "joint", "model": "A", "steps_per_epoch": 2, "epochs": 2,
+                         "eval_batch_size": 6, **kw})
 
 
 def test_resume_on_another_device_count(synth_root, tmp_path):
-    """Two steps on 4 devices, resumed for two more on 2, end where four steps on 1 device end.
+    """Two steps on 4 devices, resumed for two more on 1, end where four steps on 1 device end.
     Orbax restores the checkpoint onto the new run's shardings; evaluation runs on the mesh."""
-    def run(workdir, mesh_data, epochs):
-        cfg = tiny(synth_root, phase="joint", model="A", steps_per_epoch=2, epochs=epochs,
-                   mesh_data=mesh_data, eval_batch_size=6)
-        return train_and_evaluate(cfg, workdir)
+    def run(workdir, mesh_data, **kw):
+        return train_and_evaluate(model_a(synth_root, mesh_data=mesh_data, **kw), workdir)
 
-    run(tmp_path / "split", 4, epochs=1)
+    run(tmp_path / "split", 4, max_steps=2)
     assert final_params(tmp_path / "split")[0] == 2
-    resumed = run(tmp_path / "split", 2, epochs=2)
-    straight = run(tmp_path / "one", 1, epochs=2)
+    resumed = run(tmp_path / "split", 1)
+    straight = run(tmp_path / "one", 1)
     (step_a, a), (step_b, b) = final_params(tmp_path / "split"), final_params(tmp_path / "one")
     assert step_a == step_b == 4
     # Sums over a split batch add up in another order (float32 rounding). Adam moves a weight
@@ -123,7 +118,8 @@ def test_resume_on_another_device_count(synth_root, tmp_path):
     # random, and batch norm's running mean follows such a bias: hence a tolerance of 2 lr a
     # step. A restore that lost the weights or the data position is off by far more.
     for col in ("params", "batch_stats"):
-        for (path, x), y in zip(jax_leaves_with_path(a[col]), jax_leaves(b[col]), strict=True):
+        for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a[col]),
+                                jax.tree.leaves(b[col]), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-4, atol=4 * 2 * 1e-4, err_msg=f"{col} {path}")
     last = [[json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
              if '"train"' in x][-1] for run in ("split", "one")]
@@ -133,15 +129,9 @@ def test_resume_on_another_device_count(synth_root, tmp_path):
     assert resumed["target_test"]["count"] == straight["target_test"]["count"]
 
 
-def jax_leaves_with_path(tree):
-    import jax
-
-    return jax.tree_util.tree_leaves_with_path(tree)
-
-
 @pytest.mark.parametrize("model", ["source_only", "A"])
 def test_baselines_train_without_transplant(synth_root, tmp_path, model):
-    cfg = tiny(synth_root, phase="joint", model=model, max_steps=2, log_every=1)
+    cfg = model_a(synth_root, model=model, max_steps=2, log_every=1)
     results = train_and_evaluate(cfg, tmp_path / model)
     assert results["model"] == model
     assert "f1" in results["target_test"]
