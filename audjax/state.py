@@ -107,12 +107,11 @@ def apply_net(nets, name, params, batch_stats, *args, train: bool):
     return out, {**batch_stats, name: updated["batch_stats"]}
 
 
-def _input_shapes(config: Config, name: str):
-    """The shapes of the inputs network `name` is initialised on (a batch of one)."""
+def _dummy_inputs(config: Config, name: str):
     s, c, nl = config.map_size, models.feature_channels(config.width), config.num_landmarks
-    image = jax.ShapeDtypeStruct((1, config.crop, config.crop, 3), jnp.float32)
-    feats = jax.ShapeDtypeStruct((1, s, s, c), jnp.float32)
-    attention = jax.ShapeDtypeStruct((1, s, s, nl), jnp.float32)
+    image = jnp.zeros((1, config.crop, config.crop, 3))
+    feats = jnp.zeros((1, s, s, c))
+    attention = jnp.zeros((1, s, s, nl))
     return {
         "landmark_net": (image,),
         "E_f": (image,),
@@ -130,10 +129,8 @@ def init_variables(config: Config, nets, names, key):
     """
     params, batch_stats = {}, {}
     for name in names:
-        inputs, treedef = jax.tree.flatten(_input_shapes(config, name))
-        init = _initialiser(nets[name], treedef, tuple(x.shape for x in inputs),
-                            config.init == "torch" and name != "P")
-        v = init(jax.random.fold_in(key, seeds.name_id(name)))
+        init = _initialiser(nets[name], config.init == "torch" and name != "P")
+        v = init(jax.random.fold_in(key, seeds.name_id(name)), *_dummy_inputs(config, name))
         params[name] = v["params"]
         if "batch_stats" in v:
             batch_stats[name] = v["batch_stats"]
@@ -141,15 +138,15 @@ def init_variables(config: Config, nets, names, key):
 
 
 @functools.cache
-def _initialiser(net: nn.Module, treedef, shapes, torch_init: bool):
-    """A network's initialisation as one jitted function of its key, kept for the process:
-    modules with equal fields share it (Flax modules hash by their fields).
+def _initialiser(net: nn.Module, torch_init: bool):
+    """A network's initialisation as one jitted function of its key and dummy inputs, kept for
+    the process: modules with equal fields share it (Flax modules hash by their fields).
 
     Compiled, the initialisers give the values they give op by op in a fraction of the time: op
     by op, every initialiser of every shape is compiled on its own, and the forward pass that
     Flax traces to find the shapes is computed."""
-    def init(key):
-        v = net.init(key, *jax.tree.unflatten(treedef, [jnp.zeros(s) for s in shapes]))
+    def init(key, *inputs):
+        v = net.init(key, *inputs)
         if torch_init:
             v = {**v, "params": models.torch_default_init(v["params"], jax.random.fold_in(key, 1))}
         return v

@@ -96,7 +96,8 @@ def test_all_phases_then_resume(synth_root, tmp_path):
 
 
 def model_a(root, **kw):
-    """Model A, two steps an epoch, two epochs (the runs of the next two tests share its step)."""
+    """A joint run of model A (unless `model` is given), two steps an epoch, two epochs: the
+    model-A runs of the next two tests share one compiled step."""
     return tiny(root, **{"phase": "joint", "model": "A", "steps_per_epoch": 2, "epochs": 2,
                          "eval_batch_size": 6, **kw})
 
