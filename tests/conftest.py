@@ -4,6 +4,7 @@ and one tiny SynthAU shared by the tests that train."""
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 # Before jax is imported anywhere: four host devices let the tests exercise data parallelism.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -27,6 +28,43 @@ from absl import flags  # noqa: E402
 
 # grain's worker processes read an absl flag; under pytest nobody parses flags.
 flags.FLAGS.mark_as_parsed()
+
+
+# Each pytest-xdist worker takes whole groups of tests (`pytest_xdist_make_scheduler`), in the
+# order collected. A group is a file, kept together for its module fixtures, or files whose tests
+# compile or build the same things, which one worker then does once: test_precision runs
+# tests/tiny_joint.py's steps, as test_steps does; test_multihost's one-process reference is the
+# step of test_train's model-A runs; test_detector and test_inspect open the `tiny_runs`.
+SHARED = {"test_precision": "test_steps", "test_multihost": "test_train",
+          "test_inspect": "test_detector"}
+# The longest groups first, so that neither worker is left with one of them at the end
+# (docs/performance.md, "The test suite"); the rest follow in collection order.
+LONGEST_FIRST = ("test_train", "test_steps", "test_reliability", "test_parallel", "test_adld_step",
+                 "test_detector", "test_models", "test_checkpoints", "test_cpu_conv")
+
+
+def _group(path: str) -> str:
+    stem = Path(path).stem
+    return SHARED.get(stem, stem)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item.nodeid.split("::")[0]), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist, never called
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """pytest-xdist's scheduling by scope, the scope of a test being its group; with
+        --no-loadscope-reorder (pyproject.toml) the groups go out in collection order."""
+
+        def _split_scope(self, nodeid):
+            return _group(nodeid.split("::")[0])
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
