@@ -12,7 +12,7 @@ from audjax import state as state_lib
 from audjax.config import Config
 from audjax.data.lists import Lists
 from audjax.evaluate import Evaluator
-from tests.test_steps import batch as random_batch
+from tests.tiny_joint import batch as random_batch
 
 K = 6
 CONFIG = Config(crop=64, width=0.25, batch_size=8, pretrain_batch_size=8, model="C")

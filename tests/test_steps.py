@@ -10,42 +10,7 @@ import pytest
 
 from audjax import losses, steps
 from audjax import state as state_lib
-from audjax.config import Config
-
-K = 6
-CONFIG = Config(crop=64, width=0.25, batch_size=2, model="C")
-
-
-def batch(seed, b=2, crop=64):
-    rng = np.random.default_rng(seed)
-
-    def domain():
-        return {"image": rng.uniform(-1, 1, (b, crop, crop, 3)).astype(np.float32),
-                "landmarks": rng.uniform(8, crop - 8, (b, 49, 2)).astype(np.float32),
-                "au": rng.integers(0, 2, (b, K)).astype(np.int32)}
-
-    return {"source": domain(), "target": domain()}
-
-
-@functools.cache
-def networks(model="C", **weights):
-    """(config, networks, optimizers, the fresh state's shapes) of a joint-phase model."""
-    config = CONFIG.replace(model=model, **weights)
-    nets = state_lib.build_networks(config, K)
-    names = state_lib.network_names(config, "joint")
-    txs = state_lib.make_optimizers(config, names, 10, "joint")
-    shapes = jax.eval_shape(lambda: state_lib.create_state(config, nets, names, txs,
-                                                           jax.random.PRNGKey(0)))
-    return config, nets, txs, shapes
-
-
-@functools.cache
-def setup(model="C", **weights):
-    """`networks` with the fresh state itself."""
-    config, nets, txs, _ = networks(model, **weights)
-    names = state_lib.network_names(config, "joint")
-    state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(0))
-    return config, nets, txs, state
+from tests.tiny_joint import CONFIG, TRACES, K, batch, networks, setup, train_step
 
 
 def forward_pieces(config, nets, state, b):
@@ -69,7 +34,7 @@ def tree_any_nonzero(t):
 
 
 def test_d_update_changes_only_the_discriminators():
-    config, nets, txs, state = setup()
+    config, nets, txs, state = setup("C")
     src, tgt, idx_s, idx_t = forward_pieces(config, nets, state, batch(0))
     _, disc_inputs, _ = steps.separation_forward(config, nets, state.params, state.batch_stats,
                                                  src, tgt, idx_s, idx_t, jnp.ones(K))
@@ -84,9 +49,10 @@ def test_d_update_changes_only_the_discriminators():
 
 
 def test_g_update_leaves_discriminators_bit_identical():
-    config, nets, txs, state = setup()
+    config, nets, txs, state = setup("C")
     grads = jax.tree.map(jnp.ones_like, state.params)
-    new = steps.g_update(state, txs, grads)
+    # Jitted: one program compiles faster than Adam's ops one by one for every leaf shape.
+    new = jax.jit(lambda s, g: steps.g_update(s, txs, g))(state, grads)
     for name in ("D_l", "D_s", "D_t"):
         assert tree_equal(new.params[name], state.params[name])
     assert tree_equal(new.opt_state["discriminators"], state.opt_state["discriminators"])
@@ -95,10 +61,9 @@ def test_g_update_leaves_discriminators_bit_identical():
 
 
 def test_joint_step_updates_discriminators_and_the_rest():
-    config, nets, txs, state = setup()
-    step = steps.make_train_step(config, "joint", nets, txs, np.ones(K))
+    config, nets, txs, state = setup("C")
     old = jax.tree.map(np.array, state)
-    new, metrics = step(jax.tree.map(jnp.array, state), batch(1))
+    new, metrics = train_step("C")(jax.tree.map(jnp.array, state), batch(1))
     for name in state.params:
         assert not tree_equal(new.params[name], old.params[name]), name
     assert int(new.step) == 1
@@ -107,7 +72,7 @@ def test_joint_step_updates_discriminators_and_the_rest():
 
 
 def test_discriminator_loss_gives_no_gradient_to_generators_or_task():
-    config, nets, txs, state = setup()
+    config, nets, txs, state = setup("C")
     src, tgt, idx_s, idx_t = forward_pieces(config, nets, state, batch(2))
     discs = state_lib.group_params(state.params, "discriminators")
 
@@ -127,7 +92,7 @@ def test_discriminator_loss_gives_no_gradient_to_generators_or_task():
 
 
 def test_adversarial_landmark_loss_reaches_g_b_not_d_l():
-    config, nets, txs, state = setup()
+    config, nets, txs, state = setup("C")
     src, tgt, idx_s, idx_t = forward_pieces(config, nets, state, batch(3))
 
     def l_adl(params):
@@ -145,7 +110,7 @@ def test_adversarial_landmark_loss_reaches_g_b_not_d_l():
 
 def test_round_two_gives_e_l_no_gradient():
     """The gradient of L_l w.r.t. E_l equals that of its round-1 half alone."""
-    config, nets, txs, state = setup()
+    config, nets, txs, state = setup("C")
     src, tgt, idx_s, idx_t = forward_pieces(config, nets, state, batch(4))
 
     def l_l(e_l):
@@ -177,42 +142,37 @@ def test_round_two_gives_e_l_no_gradient():
 
 @pytest.mark.parametrize("model", ["C", "A", "source_only"])
 def test_step_compiles_once(model):
-    config, nets, txs, state = setup(model)
-    traces = []
-    fn = functools.partial(steps.source_only_step if model == "source_only" else
-                           steps.joint_step, config=config, nets=nets, txs=txs,
-                           au_weights=jnp.ones(K))
-
-    def counted(s, b):
-        traces.append(1)
-        return fn(s, b)
-
-    step = jax.jit(counted, donate_argnums=0)
+    """New batches of the same shapes reuse the step's one trace (the model-C step is the one
+    the test above ran, so it is still one trace after its first call there)."""
+    _, _, _, state = setup(model)
+    step = train_step(model)
     s = jax.tree.map(jnp.array, state)
     for i in range(3):
         s, m = step(s, batch(10 + i))
-    assert len(traces) == 1
+    assert TRACES[model] == 1
     assert int(s.step) == 3
     assert all(np.isfinite(float(v)) for v in m.values())
 
 
-@pytest.mark.parametrize("model, weights, terms, networks", [
+@pytest.mark.parametrize("model, weights, terms, needed", [
     ("C", {}, {"c", "l", "adl", "adf", "au", "fl"}, {"P", "landmark", "D_l", "D_s", "D_t"}),
     ("C", {"lambda_self": 3.0}, {"c", "self", "l", "adl", "adf", "au", "fl"}, {"P", "landmark"}),
     ("B", {"lambda_c": 100.0}, {"c", "cyc", "self", "l", "adl", "adf", "au", "fl"}, {"P"}),
     ("A", {}, {"cyc", "self", "l", "adl", "adf", "au"}, {"D_l", "D_s", "D_t"}),
     ("A", {"lambda_adf": 0.0, "lambda_cyc": 0.0}, {"self", "l", "adl", "au"}, {"D_l"}),
 ])
-def test_terms_and_networks_follow_the_weights(model, weights, terms, networks):
+def test_terms_and_networks_follow_the_weights(model, weights, terms, needed):
     """A term is computed exactly when its weight is non-zero, and a network is there exactly
     when a computed term needs it."""
-    config, nets, txs, state = setup(model, **weights)
-    names = set(state.params)
-    assert networks <= names
+    config, nets, txs, shapes = networks(model, **weights)
+    names = set(shapes.params)
+    assert needed <= names
     assert ("P" in names) == ("c" in terms) and ("landmark" in names) == ("fl" in terms)
     assert ("D_l" in names) == ("adl" in terms) and ("D_s" in names) == ("adf" in terms)
-    _, _, metrics = steps.joint_gradients(state, batch(6), config=config, nets=nets, txs=txs,
-                                          au_weights=jnp.ones(K))
+    # Which terms the step computes is decided while tracing it: its shapes are enough.
+    _, _, metrics = jax.eval_shape(functools.partial(
+        steps.joint_gradients, config=config, nets=nets, txs=txs, au_weights=jnp.ones(K)),
+        shapes, batch(6))
     assert {k.removeprefix("loss_") for k in metrics} - {"total", "d", "d_landmark",
                                                           "d_domain"} == terms
     assert ("d_domain" in metrics) == ("adf" in terms)
@@ -220,9 +180,9 @@ def test_terms_and_networks_follow_the_weights(model, weights, terms, networks):
 
 
 def step_flops(model, **weights):
-    config, nets, txs, shapes = networks(model, **weights)
-    step = steps.make_train_step(config, "joint", nets, txs, np.ones(K))
-    cost = step.lower(shapes, batch(7)).cost_analysis()
+    # Lowered on a state, not on its shapes, the model-C step reuses the trace it ran with.
+    state = setup(model, **weights)[3]
+    cost = train_step(model, **weights).lower(state, batch(7)).cost_analysis()
     return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
 
@@ -241,7 +201,7 @@ def test_pretrain_step_lowers_the_loss_on_a_fixed_batch():
     config = CONFIG
     nets = state_lib.build_networks(config, K)
     names = state_lib.network_names(config, "pretrain")
-    txs = state_lib.make_optimizers(config.replace(lr_landmark=1e-3), names, 10, "pretrain")
+    txs = state_lib.make_optimizers(config, names, 10, "pretrain")
     state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(0))
     step = steps.make_train_step(config, "pretrain", nets, txs)
     b = batch(5, b=4)["source"]
