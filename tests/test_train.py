@@ -96,8 +96,7 @@ def test_all_phases_then_resume(synth_root, tmp_path):
 
 
 def model_a(root, **kw):
-    """A joint run of model A (unless `model` is given), two steps an epoch, two epochs: the
-    model-A runs of the next two tests share one compiled step."""
+    """A joint run of model A (unless `model` is given), two steps an epoch, two epochs."""
     return tiny(root, **{"phase": "joint", "model": "A", "steps_per_epoch": 2, "epochs": 2,
                          "eval_batch_size": 6, **kw})
 
@@ -128,15 +127,24 @@ def test_resume_on_another_device_count(synth_root, tmp_path):
     for k in ("loss_total", "loss_au", "loss_l", "loss_d"):
         np.testing.assert_allclose(last[0][k], last[1][k], rtol=1e-4, err_msg=k)
     assert resumed["target_test"]["count"] == straight["target_test"]["count"]
+    # Model A trains from scratch (no --init_from) and has no landmark head.
+    assert straight["model"] == "A" and "f1" in straight["target_test"]
+    assert "nme" not in straight["target_test"]
 
 
-@pytest.mark.parametrize("model", ["source_only", "A"])
-def test_baselines_train_without_transplant(synth_root, tmp_path, model):
-    cfg = model_a(synth_root, model=model, max_steps=2, log_every=1)
-    results = train_and_evaluate(cfg, tmp_path / model)
-    assert results["model"] == model
+@pytest.fixture(scope="module")
+def source_only(synth_root, tmp_path_factory):
+    """A two-step source-only run: (its directory, its results)."""
+    run = tmp_path_factory.mktemp("source_only") / "run"
+    cfg = model_a(synth_root, model="source_only", max_steps=2, log_every=1)
+    return run, train_and_evaluate(cfg, run)
+
+
+def test_source_only_trains_without_transplant(source_only):
+    _, results = source_only
+    assert results["model"] == "source_only"
     assert "f1" in results["target_test"]
-    assert ("nme" in results["target_test"]) is False  # no landmark head in these models
+    assert "nme" not in results["target_test"]  # no landmark head
 
 
 def test_model_c_needs_init_from(synth_root, tmp_path):
@@ -144,16 +152,15 @@ def test_model_c_needs_init_from(synth_root, tmp_path):
         train_and_evaluate(tiny(synth_root, phase="joint", model="C"), tmp_path / "c")
 
 
-def test_eval_phase_reads_a_checkpoint(synth_root, tmp_path):
-    train_and_evaluate(tiny(synth_root, phase="joint", model="source_only", max_steps=1),
-                       tmp_path / "so")
-    step_dir = checkpoints.resolve_checkpoint(tmp_path / "so")
+def test_eval_phase_reads_a_checkpoint(synth_root, source_only, tmp_path):
+    run, _ = source_only
+    step_dir = checkpoints.resolve_checkpoint(run)
     results = train_and_evaluate(
-        tiny(synth_root, phase="eval", checkpoint=str(tmp_path / "so")), tmp_path / "eval")
+        tiny(synth_root, phase="eval", checkpoint=str(run)), tmp_path / "eval")
     assert results["checkpoint"] == str(step_dir)
     assert (tmp_path / "eval" / "results.json").exists()
     # The source-only model has no recombination path: both target paths read E_au(E_f(I)).
-    direct = train_and_evaluate(tiny(synth_root, phase="eval", checkpoint=str(tmp_path / "so"),
+    direct = train_and_evaluate(tiny(synth_root, phase="eval", checkpoint=str(run),
                                      target_eval_path="source"), tmp_path / "eval_direct")
     assert direct["target_eval_path"] == "source" and results["target_eval_path"] == "target"
     assert direct["target_test"] == results["target_test"]
