@@ -24,12 +24,16 @@ def make_state(phase, seed=0, config=CONFIG):
     names = state_lib.network_names(config, phase)
     txs = state_lib.make_optimizers(config, names, 10, phase)
     state = state_lib.create_state(config, nets, names, txs, jax.random.PRNGKey(seed))
-    # Make every leaf distinctive (optimizer moments and batch statistics included).
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [x + jax.random.uniform(k, x.shape).astype(x.dtype) if x.dtype.kind == "f" else x + 7
-              for x, k in zip(leaves, keys, strict=True)]
-    return jax.tree.unflatten(treedef, leaves)
+    # Every leaf made distinctive (optimizer moments and batch statistics included), in NumPy:
+    # op by op in JAX each leaf shape would compile its own random draw.
+    rng = np.random.default_rng(seed + 1)
+
+    def distinctive(x):
+        x = np.asarray(x)
+        return jnp.asarray(x + (rng.uniform(size=x.shape).astype(x.dtype) if x.dtype.kind == "f"
+                                else 7))
+
+    return jax.tree.map(distinctive, state)
 
 
 def test_save_restore_identical(tmp_path):
@@ -148,8 +152,9 @@ def test_fit_check_reads_metadata_only_and_names_the_path(tmp_path):
     ck.save_latest(make_state("pretrain"), {}, CONFIG.to_json(), {"step": 1})
     ck.close()
     step_dir = checkpoints.resolve_checkpoint(tmp_path / "checkpoints")
-    abstract = jax.eval_shape(lambda: make_state("pretrain", config=CONFIG.replace(width=0.5)))
-    template = {"params": abstract.params}
+    wide = CONFIG.replace(width=0.5)
+    template = {"params": jax.eval_shape(lambda: state_lib.init_variables(
+        wide, state_lib.build_networks(wide, K), ("landmark_net",), jax.random.PRNGKey(0)))[0]}
     with pytest.raises(InputError, match=r"^W: params/landmark_net/head/bn0/bias has shape "
                                          r"\(32,\) in .*/checkpoints/7, this run needs \(64,\)$"):
         checkpoints.check_fits(step_dir, template, "W")

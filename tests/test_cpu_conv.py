@@ -19,15 +19,20 @@ def xla_conv(x, kernel, strides=(1, 1), padding=SAME, groups=1):
                                         feature_group_count=groups)
 
 
-def assert_conv_matches_xla(ours, x, kernel, strides, padding, out_tol, grad_tol):
+def assert_conv_matches_xla(ours, x, kernel, strides, padding, out_tol, grad_tol, groups=1):
     """ours(x, kernel) gives lax.conv_general_dilated's output (NHWC x HWIO) and both its
     gradients, under a non-constant cotangent, to the given tolerances."""
     def xla(x, k):
-        return xla_conv(x, k, strides, padding)
+        return xla_conv(x, k, strides, padding, groups)
 
-    np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=out_tol, atol=out_tol)
-    got, want = (jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, kernel)
-                 for f in (ours, xla))
+    # Jitted: each kernel's program compiles faster than its many small ops one by one.
+    @jax.jit
+    def output_and_gradients(x, k, f):
+        return f(x, k), jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k)
+
+    (y, got), (y_xla, want) = (output_and_gradients(x, kernel, jax.tree_util.Partial(f))
+                               for f in (ours, xla))
+    np.testing.assert_allclose(y, y_xla, rtol=out_tol, atol=out_tol)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=grad_tol, atol=grad_tol)
 
@@ -90,10 +95,10 @@ def test_winograd_input_transpose_is_the_transpose(shape):
     input transform: <B^T d B, dv> summed over tiles equals <d, transpose(dv)> for every d, dv."""
     with jax.enable_x64():
         x = jax.random.normal(KEY, shape, jnp.float64)
-        v = cpu_conv._winograd_input(x)
+        v = jax.jit(cpu_conv._winograd_input)(x)
         dv = jax.random.normal(jax.random.PRNGKey(1), v.shape, jnp.float64)
-        (want,) = jax.linear_transpose(cpu_conv._winograd_input, x)(dv)
-        got = cpu_conv._winograd_input_transpose(dv, shape[:3])
+        (want,) = jax.jit(jax.linear_transpose(cpu_conv._winograd_input, x))(dv)
+        got = jax.jit(cpu_conv._winograd_input_transpose, static_argnums=1)(dv, shape[:3])
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -157,14 +162,8 @@ def test_conv_general_dilated_equals_xla(enabled, monkeypatch):
             return cpu_conv.conv_general_dilated(x, k, strides, SAME, dimension_numbers=NHWC,
                                                  feature_group_count=groups)
 
-        def xla(x, k, strides=strides, groups=groups):
-            return xla_conv(x, k, strides, SAME, groups)
-
-        np.testing.assert_allclose(ours(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
-        got, want = (jax.grad(lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, kernel)
-                     for f in (ours, xla))
-        for a, b in zip(got, want, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        assert_conv_matches_xla(ours, x, kernel, strides, SAME, out_tol=1e-5, grad_tol=1e-4,
+                                groups=groups)
 
 
 def test_grouped_conv_gradients_equal_xla_grouped_conv(monkeypatch):
