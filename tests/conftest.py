@@ -43,14 +43,14 @@ LONGEST_FIRST = ("test_train", "test_steps", "test_reliability", "test_parallel"
                  "test_detector", "test_models", "test_checkpoints", "test_cpu_conv")
 
 
-def _group(path: str) -> str:
-    stem = Path(path).stem
+def _group(nodeid: str) -> str:
+    stem = Path(nodeid.split("::")[0]).stem
     return SHARED.get(stem, stem)
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_group(item.nodeid.split("::")[0]), len(rank)))
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist, never called
@@ -62,7 +62,7 @@ def pytest_xdist_make_scheduler(config, log):
         --no-loadscope-reorder (pyproject.toml) the groups go out in collection order."""
 
         def _split_scope(self, nodeid):
-            return _group(nodeid.split("::")[0])
+            return _group(nodeid)
 
     return GroupScheduling(config, log)
 

@@ -25,13 +25,12 @@ def assert_conv_matches_xla(ours, x, kernel, strides, padding, out_tol, grad_tol
     def xla(x, k):
         return xla_conv(x, k, strides, padding, groups)
 
-    # Jitted: each kernel's program compiles faster than its many small ops one by one.
-    @jax.jit
-    def output_and_gradients(x, k, f):
-        return f(x, k), jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k)
+    def output_and_gradients(f):
+        # Jitted: each kernel's program compiles faster than its many small ops one by one.
+        return jax.jit(lambda x, k: (f(x, k), jax.grad(
+            lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k)))(x, kernel)
 
-    (y, got), (y_xla, want) = (output_and_gradients(x, kernel, jax.tree_util.Partial(f))
-                               for f in (ours, xla))
+    (y, got), (y_xla, want) = output_and_gradients(ours), output_and_gradients(xla)
     np.testing.assert_allclose(y, y_xla, rtol=out_tol, atol=out_tol)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=grad_tol, atol=grad_tol)

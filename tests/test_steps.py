@@ -149,7 +149,7 @@ def test_step_compiles_once(model):
     s = jax.tree.map(jnp.array, state)
     for i in range(3):
         s, m = step(s, batch(10 + i))
-    assert TRACES[model] == 1
+    assert TRACES[model, ()] == 1
     assert int(s.step) == 3
     assert all(np.isfinite(float(v)) for v in m.values())
 

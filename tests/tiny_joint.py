@@ -60,13 +60,13 @@ TRACES = collections.Counter()
 def train_step(model, **weights):
     """The jitted joint-phase step of `networks(model, **weights)` (source-only training for
     "source_only"), made once: the tests that run it or lower it share one trace and one
-    compiled program. `TRACES[model]` counts the traces of each model's default step."""
+    compiled program. `TRACES[model, weights]` counts its traces (weights as sorted items)."""
     config, nets, txs, _ = networks(model, **weights)
     body = steps.source_only_step if model == "source_only" else steps.joint_step
     fn = functools.partial(body, config=config, nets=nets, txs=txs, au_weights=jnp.ones(K))
 
     def counted(state, b):
-        TRACES[model] += not weights
+        TRACES[model, tuple(sorted(weights.items()))] += 1
         return fn(state, b)
 
     return jax.jit(counted, donate_argnums=0)
